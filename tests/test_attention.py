@@ -1,0 +1,148 @@
+"""lm_jax.attention against a float64 NumPy reference, jax.nn.dot_product_attention, and its own properties."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl.testing import parameterized
+from jax import test_util as jtu
+
+from lm_jax import attention
+
+B, T, S, H, D = 2, 5, 7, 3, 8
+
+
+def reference_attention(q, k, v, bias=None, mask=None):
+  """The seed's formula in float64 NumPy: softmax(q·kᵀ/√d + b) · v, masked rows → 0."""
+  q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
+  scores = np.einsum('bthd,bshd->bhts', q, k) / np.sqrt(q.shape[-1])
+  if bias is not None:
+    scores = scores + np.asarray(bias, np.float64)
+  allowed = np.broadcast_to(True if mask is None else np.asarray(mask), scores.shape)
+  scores = np.where(allowed, scores, -np.inf)
+  row_max = np.max(scores, axis=-1, keepdims=True)
+  row_max = np.where(np.isfinite(row_max), row_max, 0.0)
+  e = np.exp(scores - row_max)
+  total = e.sum(-1, keepdims=True)
+  weights = e / np.where(total == 0, 1.0, total)
+  return np.einsum('bhts,bshd->bthd', weights, v), weights
+
+
+def random_inputs(seed, t=T, s=S, dtype=jnp.float32):
+  kq, kk, kv, kb, km = jax.random.split(jax.random.key(seed), 5)
+  q = jax.random.normal(kq, (B, t, H, D), dtype)
+  k = jax.random.normal(kk, (B, s, H, D), dtype)
+  v = jax.random.normal(kv, (B, s, H, D), dtype)
+  bias = jax.random.normal(kb, (B, H, t, s), jnp.float32)
+  mask = jax.random.bernoulli(km, 0.7, (B, 1, t, s))
+  return q, k, v, bias, mask
+
+
+class AttentionTest(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.named_parameters(('plain', False, False), ('bias', True, False), ('mask', False, True),
+                                  ('bias_and_mask', True, True))
+  def test_matches_float64_reference(self, use_bias, use_mask):
+    q, k, v, bias, mask = random_inputs(0)
+    bias = bias if use_bias else None
+    mask = mask if use_mask else None
+    attend = self.variant(lambda q, k, v, b, m: attention.dot_product_attention(q, k, v, bias=b, mask=m))
+    out = attend(q, k, v, bias, mask)
+    expected, expected_weights = reference_attention(q, k, v, bias, mask)
+    chex.assert_shape(out, (B, T, H, D))
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+    weights = attention.attention_weights(q, k, bias=bias, mask=mask)
+    chex.assert_shape(weights, (B, H, T, S))
+    np.testing.assert_allclose(weights, expected_weights, rtol=1e-5, atol=1e-7)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_matches_jax_nn(self):
+    q, k, v, bias, _ = random_inputs(1, t=6, s=6)
+    mask = attention.causal_mask(6)
+    ours = self.variant(lambda: attention.dot_product_attention(q, k, v, bias=bias, mask=mask))()
+    theirs = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask)
+    chex.assert_trees_all_close(ours, theirs, rtol=1e-5, atol=1e-6)
+
+  def test_jit_equals_no_jit(self):
+    q, k, v, bias, mask = random_inputs(2)
+    eager = attention.dot_product_attention(q, k, v, bias=bias, mask=mask)
+    jitted = jax.jit(attention.dot_product_attention)(q, k, v, bias=bias, mask=mask)
+    chex.assert_trees_all_close(eager, jitted, rtol=1e-6, atol=1e-6)
+
+  def test_gradients(self):
+    q, k, v, bias, mask = random_inputs(3, t=3, s=4)
+    # Keep at least one allowed key per row: a fully masked row is constant (no gradient to check).
+    mask = mask.at[..., 0].set(True)
+    fn = lambda q, k, v, b: attention.dot_product_attention(q, k, v, bias=b, mask=mask)
+    jtu.check_grads(fn, (q, k, v, bias), order=1, modes=('rev',), atol=2e-2, rtol=2e-2, eps=1e-2)
+
+  def test_bfloat16_close_to_float32(self):
+    q, k, v, bias, mask = random_inputs(4)
+    out32 = attention.dot_product_attention(q, k, v, bias=bias, mask=mask)
+    as16 = lambda x: x.astype(jnp.bfloat16)
+    out16 = attention.dot_product_attention(as16(q), as16(k), as16(v), bias=bias, mask=mask)
+    self.assertEqual(out16.dtype, jnp.bfloat16)
+    self.assertEqual(attention.attention_weights(as16(q), as16(k)).dtype, jnp.float32)
+    np.testing.assert_allclose(out16.astype(jnp.float32), out32, atol=2e-2, rtol=2e-2)
+
+  def test_fully_masked_rows_are_zero_with_finite_gradients(self):
+    q, k, v, bias, _ = random_inputs(5)
+    mask = np.ones((B, 1, T, S), bool)
+    mask[0, 0, 2, :] = False  # query 2 of batch 0 may attend nowhere
+    out = attention.dot_product_attention(q, k, v, bias=bias, mask=mask)
+    np.testing.assert_array_equal(out[0, 2], np.zeros((H, D)))
+    self.assertTrue(np.all(np.abs(out[1, 2]) > 0))
+    grads = jax.grad(lambda q, k, v: attention.dot_product_attention(q, k, v, mask=mask).sum(), (0, 1, 2))(q, k, v)
+    chex.assert_tree_all_finite(grads)
+    # A -inf bias masks like a False mask entry.
+    neg_inf_bias = jnp.where(mask, 0.0, -jnp.inf)
+    chex.assert_trees_all_close(attention.dot_product_attention(q, k, v, bias=bias + neg_inf_bias), out, atol=1e-6)
+
+  def test_causal_mask_by_gradient(self):
+    q, k, v, _, _ = random_inputs(6, t=6, s=6)
+    mask = attention.causal_mask(6)
+    for t in range(6):
+      out_at_t = lambda k, v: attention.dot_product_attention(q, k, v, mask=mask)[:, t].sum()
+      dk, dv = jax.grad(out_at_t, (0, 1))(k, v)
+      np.testing.assert_array_equal(dk[:, t + 1:], 0.0)
+      np.testing.assert_array_equal(dv[:, t + 1:], 0.0)
+      self.assertTrue(np.all(np.abs(dv[:, :t + 1]).sum(axis=(2, 3)) > 0))
+
+  def test_padding_mask_makes_pad_keys_irrelevant(self):
+    ids = np.array([[5, 7, 9, 0, 0], [3, 4, 0, 0, 0]])
+    q, k, v, _, _ = random_inputs(7, t=5, s=5)
+    mask = attention.padding_mask(ids)
+    out = attention.dot_product_attention(q, k, v, mask=mask)
+    noisy_k = k.at[:, 3:].set(100.0)
+    noisy_v = v.at[:, 3:].set(-100.0)
+    out_noisy = attention.dot_product_attention(q, noisy_k, noisy_v, mask=mask)
+    chex.assert_trees_all_close(out, out_noisy, atol=1e-6)
+    np.testing.assert_array_equal(out[1, 2:], 0.0)  # padding queries attend nowhere
+
+  def test_masks(self):
+    np.testing.assert_array_equal(attention.causal_mask(3)[0, 0], [[1, 0, 0], [1, 1, 0], [1, 1, 1]])
+    np.testing.assert_array_equal(attention.padding_mask(np.array([[5, 7, 0]]))[0, 0],
+                                  [[1, 1, 0], [1, 1, 0], [0, 0, 0]])
+    segments = np.array([[1, 1, 2, 0]])
+    np.testing.assert_array_equal(attention.segment_mask(segments)[0, 0],
+                                  [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+    combined = attention.combine_masks(attention.causal_mask(4), None, attention.padding_mask(np.array([[5, 7, 9, 0]])))
+    np.testing.assert_array_equal(combined[0, 0], [[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [0, 0, 0, 0]])
+    self.assertIsNone(attention.combine_masks(None, None))
+
+  def test_split_merge_heads_roundtrip(self):
+    x = jax.random.normal(jax.random.key(8), (B, T, H * D))
+    heads = attention.split_heads(x, H)
+    chex.assert_shape(heads, (B, T, H, D))
+    np.testing.assert_array_equal(heads[:, :, 1], x[:, :, D:2 * D])
+    np.testing.assert_array_equal(attention.merge_heads(heads), x)
+    with self.assertRaisesRegex(ValueError, 'num_heads=5'):
+      attention.split_heads(x, 5)
+
+  def test_bad_shapes_are_named(self):
+    q, k, v, _, _ = random_inputs(9)
+    with self.assertRaisesRegex(ValueError, r'q \(2, 5, 3\)'):
+      attention.dot_product_attention(q[..., 0], k, v)
+    with self.assertRaisesRegex(ValueError, 'must agree'):
+      attention.dot_product_attention(q[:, :, :2], k, v)
