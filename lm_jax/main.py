@@ -26,7 +26,7 @@ def main(argv):
   try:
     configs.validate(FLAGS.config)
   except ValueError as e:
-    raise app.UsageError(str(e)) from None
+    raise SystemExit(f'lm_jax.main: {e}') from None
   from lm_jax import train  # pylint: disable=g-import-not-at-top
   if FLAGS.mode == 'train':
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
