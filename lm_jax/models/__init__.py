@@ -1,0 +1,39 @@
+"""Model registry: `config.model.name` → a builder of a Flax linen module with one call contract.
+
+    module = get_model(config.model, vocab_size=V, max_len=T)
+    params = module.init(rng, inputs_BxT)['params']
+    logits = module.apply({'params': params}, inputs_BxT, train=True, rngs={'dropout': key})
+
+inputs int32 `[B, T]` (pad id 0); optional segment_ids/positions int32 `[B, T]` for packed LM/MLM rows. logits
+float32: classification `[B, num_classes]`, lm and mlm `[B, T, vocab_size]`. The trunk's params live under
+'encoder' (classification, mlm) or 'decoder' (lm), the head's under '<task>_head' (classifier_head, mlm_head,
+lm_head). Adding a model is one file with a `build(model_config, *, vocab_size, max_len)` and one line below.
+"""
+
+import math
+
+import flax.linen as nn
+import jax
+
+from lm_jax.models import rnn, transformer
+from lm_jax.models.generate import generate
+
+MODELS = {
+    'transformer': transformer.build,
+    'rnn': rnn.build,
+    'lstm': rnn.build,
+    'gru': rnn.build,
+}
+
+__all__ = ['MODELS', 'count_params', 'generate', 'get_model']
+
+
+def get_model(model_config, *, vocab_size: int, max_len: int) -> nn.Module:
+  """The module named by `model_config.name` for `model_config.task`; unknown values raise ValueError."""
+  transformer.check_choice('model.name', model_config.name, tuple(MODELS))
+  return MODELS[model_config.name](model_config, vocab_size=vocab_size, max_len=max_len)
+
+
+def count_params(params) -> int:
+  """Number of scalars in a param tree (arrays or shape structs)."""
+  return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params))

@@ -1,0 +1,351 @@
+"""Transformer encoder (BERT-style classifier, masked LM) and causal decoder (LM) as Flax linen modules.
+
+ids `[B, T]` (pad id 0) → embeddings (+ learned or sinusoidal positions) → num_layers × (self-attention + GELU MLP,
+pre-LN or post-LN) → a head under a top-level name containing 'head'. Attention is `lm_jax.attention` (or cuDNN's
+fused kernel); the additive bias b is none, a learned T5 relative-position bias per head, or ALiBi. Params are
+float32; `dtype` sets the compute dtype; logits come back float32.
+"""
+
+import dataclasses
+import functools
+import math
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lm_jax import attention
+
+TASKS = ('classification', 'mlm', 'lm')
+ATTENTION_BIASES = ('none', 'relative', 'alibi')
+POSITIONS = ('learned', 'sinusoidal', 'none')
+POOLINGS = ('cls', 'mean')
+ATTENTIONS = ('dense', 'cudnn')
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+PAD_ID = 0
+# T5's defaults: 32 buckets, exact up to 8 (bidirectional: per direction), logarithmic up to distance 128.
+RELATIVE_BUCKETS = 32
+RELATIVE_MAX_DISTANCE = 128
+
+_embed_init = nn.initializers.normal(stddev=0.02)
+
+
+def check_choice(key: str, value, allowed: Sequence) -> None:
+  """Raises ValueError naming the config key, the bad value and the allowed values."""
+  if value not in allowed:
+    raise ValueError(f'{key}={value!r} is not supported; allowed: {", ".join(map(repr, allowed))}.')
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+  """Everything a transformer module needs; built from `config.model` by `build`."""
+  vocab_size: int
+  max_len: int
+  num_layers: int = 2
+  d_model: int = 32
+  num_heads: int = 2
+  mlp_dim: int = 64
+  dropout: float = 0.0
+  attention_bias: str = 'none'
+  positions: str = 'learned'
+  pre_norm: bool = True
+  pooling: str = 'cls'
+  tie_embeddings: bool = True
+  num_classes: int = 2
+  dtype: str = 'float32'
+  attention: str = 'dense'
+
+  def __post_init__(self):
+    check_choice('model.attention_bias', self.attention_bias, ATTENTION_BIASES)
+    check_choice('model.positions', self.positions, POSITIONS)
+    check_choice('model.pooling', self.pooling, POOLINGS)
+    check_choice('model.dtype', self.dtype, tuple(DTYPES))
+    check_choice('model.attention', self.attention, ATTENTIONS)
+    if self.d_model % self.num_heads:
+      raise ValueError(f'model.d_model={self.d_model} must be divisible by model.num_heads={self.num_heads}.')
+    if self.positions == 'sinusoidal' and self.d_model % 2:
+      raise ValueError(f'model.positions=sinusoidal needs an even model.d_model, got {self.d_model}.')
+    if self.attention == 'cudnn':
+      if jax.default_backend() != 'gpu':
+        raise ValueError(f"model.attention='cudnn' runs only on GPU; this backend is {jax.default_backend()!r}. "
+                         "Use model.attention='dense'.")
+      if self.dtype != 'bfloat16':
+        raise ValueError(f"model.attention='cudnn' needs model.dtype='bfloat16' (cuDNN has no float32 kernel), "
+                         f'got {self.dtype!r}.')
+
+  @property
+  def compute_dtype(self):
+    return DTYPES[self.dtype]
+
+
+def relative_position_bucket(relative_position, *, bidirectional: bool, num_buckets: int = RELATIVE_BUCKETS,
+                             max_distance: int = RELATIVE_MAX_DISTANCE) -> jax.Array:
+  """T5's bucket of `key_position - query_position`: exact for small distances, log-spaced up to max_distance.
+
+  bidirectional (32 buckets): 0 → 0, -1 → 1, +1 → 17, -127 → 15, -1000 → 15, +1000 → 31.
+  causal (keys never after the query): 0 → 0, -1 → 1, -20 → 17, -1000 → 31.
+  """
+  distance = -jnp.asarray(relative_position)  # > 0: the key lies before the query
+  bucket = jnp.zeros_like(distance)
+  if bidirectional:
+    num_buckets //= 2
+    bucket = jnp.where(distance < 0, num_buckets, 0)
+    distance = jnp.abs(distance)
+  else:
+    distance = jnp.maximum(distance, 0)
+  max_exact = num_buckets // 2
+  # Only used where distance >= max_exact, so the log never sees 0.
+  log_ratio = jnp.log(jnp.maximum(distance, max_exact) / max_exact) / math.log(max_distance / max_exact)
+  large = max_exact + (log_ratio * (num_buckets - max_exact)).astype(jnp.int32)
+  large = jnp.minimum(large, num_buckets - 1)
+  return bucket + jnp.where(distance < max_exact, distance, large)
+
+
+def alibi_slopes(num_heads: int) -> np.ndarray:
+  """ALiBi head slopes (Press et al., 2022): 2^(-8/H·(h+1)); non-powers of 2 interleave the next power's slopes.
+
+  alibi_slopes(4) == [2^-2, 2^-4, 2^-6, 2^-8]
+  """
+  def geometric(n):
+    return [2.0 ** (-8.0 * (h + 1) / n) for h in range(n)]
+  closest = 2 ** int(math.floor(math.log2(num_heads)))
+  slopes = geometric(closest) + geometric(2 * closest)[0::2][:num_heads - closest]
+  return np.asarray(slopes, np.float32)
+
+
+def sinusoidal_positions(positions_BxT: jax.Array, d_model: int) -> jax.Array:
+  """float32 `[B, T, D]`: sin(p / 10000^(2i/D)) in the first D/2 features, cos in the last D/2."""
+  inv_freq = 1.0 / (10000.0 ** (jnp.arange(d_model // 2, dtype=jnp.float32) * 2.0 / d_model))
+  angles_BxTxF = positions_BxT[..., None].astype(jnp.float32) * inv_freq
+  return jnp.concatenate([jnp.sin(angles_BxTxF), jnp.cos(angles_BxTxF)], axis=-1)
+
+
+def mean_pool(h_BxTxD: jax.Array, inputs_BxT: jax.Array) -> jax.Array:
+  """float32 mean over the non-pad positions; an all-pad row gives zeros."""
+  real_BxT = (inputs_BxT != PAD_ID).astype(jnp.float32)
+  total_BxD = jnp.einsum('btd,bt->bd', h_BxTxD.astype(jnp.float32), real_BxT)
+  return total_BxD / jnp.maximum(real_BxT.sum(axis=1, keepdims=True), 1.0)
+
+
+def _attend(q, k, v, *, bias, mask, implementation: str):
+  if implementation == 'dense':
+    return attention.dot_product_attention(q, k, v, bias=bias, mask=mask)
+  # cuDNN folds the mask into one bias in the compute dtype.
+  bias = None if bias is None else bias.astype(q.dtype)
+  return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, implementation='cudnn')
+
+
+class SelfAttention(nn.Module):
+  """Multi-head self-attention; with `decode_index` it writes k, v into a max_len cache and attends to it."""
+  config: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x_BxTxD, *, bias, mask, decode_index=None):
+    cfg = self.config
+    dense = functools.partial(nn.DenseGeneral, features=(cfg.num_heads, cfg.d_model // cfg.num_heads),
+                              dtype=cfg.compute_dtype, param_dtype=jnp.float32)
+    q_BxTxHxK = dense(name='query')(x_BxTxD)
+    k_BxTxHxK = dense(name='key')(x_BxTxD)
+    v_BxTxHxK = dense(name='value')(x_BxTxD)
+    if decode_index is not None:
+      cache_shape = (x_BxTxD.shape[0], cfg.max_len) + k_BxTxHxK.shape[2:]
+      cached_k = self.variable('cache', 'cached_key', jnp.zeros, cache_shape, k_BxTxHxK.dtype)
+      cached_v = self.variable('cache', 'cached_value', jnp.zeros, cache_shape, v_BxTxHxK.dtype)
+      cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k_BxTxHxK, (0, decode_index, 0, 0))
+      cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v_BxTxHxK, (0, decode_index, 0, 0))
+      k_BxTxHxK, v_BxTxHxK = cached_k.value, cached_v.value
+    out_BxTxHxK = _attend(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, bias=bias, mask=mask, implementation=cfg.attention)
+    return nn.DenseGeneral(cfg.d_model, axis=(-2, -1), dtype=cfg.compute_dtype, param_dtype=jnp.float32,
+                           name='out')(out_BxTxHxK)
+
+
+class Block(nn.Module):
+  """Attention and GELU MLP, each in a residual branch with dropout; LayerNorm before (pre-LN) or after."""
+  config: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x_BxTxD, *, bias, mask, decode_index, train: bool):
+    cfg = self.config
+    dense = functools.partial(nn.Dense, dtype=cfg.compute_dtype, param_dtype=jnp.float32)
+    norm = functools.partial(nn.LayerNorm, dtype=cfg.compute_dtype, param_dtype=jnp.float32)
+    dropout = functools.partial(nn.Dropout(cfg.dropout), deterministic=not train)
+
+    def attend(y):
+      return SelfAttention(cfg, name='attention')(y, bias=bias, mask=mask, decode_index=decode_index)
+
+    def mlp(y):
+      y = nn.gelu(dense(cfg.mlp_dim, name='mlp_in')(y), approximate=False)
+      return dense(cfg.d_model, name='mlp_out')(y)
+
+    if cfg.pre_norm:
+      x_BxTxD = x_BxTxD + dropout(attend(norm(name='attention_norm')(x_BxTxD)))
+      return x_BxTxD + dropout(mlp(norm(name='mlp_norm')(x_BxTxD)))
+    x_BxTxD = norm(name='attention_norm')(x_BxTxD + dropout(attend(x_BxTxD)))
+    return norm(name='mlp_norm')(x_BxTxD + dropout(mlp(x_BxTxD)))
+
+
+class Transformer(nn.Module):
+  """The trunk: ids `[B, T]` → hidden `[B, T, D]` in the compute dtype. `causal` makes it a decoder."""
+  config: TransformerConfig
+  causal: bool
+
+  def setup(self):
+    cfg = self.config
+    embed = functools.partial(nn.Embed, features=cfg.d_model, embedding_init=_embed_init,
+                              dtype=cfg.compute_dtype, param_dtype=jnp.float32)
+    self.token_embed = embed(cfg.vocab_size)
+    if cfg.positions == 'learned':
+      self.position_embed = embed(cfg.max_len)
+    if cfg.attention_bias == 'relative':
+      self.relative_bias = self.param('relative_bias', _embed_init, (RELATIVE_BUCKETS, cfg.num_heads),
+                                      jnp.float32)
+    self.layers = [Block(cfg) for _ in range(cfg.num_layers)]
+    # Pre-LN normalizes the last block's output; post-LN (BERT) normalizes the embeddings instead.
+    self.norm = nn.LayerNorm(dtype=cfg.compute_dtype, param_dtype=jnp.float32)
+    self.dropout = nn.Dropout(cfg.dropout)
+
+  @nn.compact
+  def __call__(self, inputs_BxT, *, train: bool = False, segment_ids=None, positions=None, decode: bool = False):
+    cfg = self.config
+    if cfg.positions == 'learned' and inputs_BxT.shape[1] > cfg.max_len:
+      raise ValueError(f'sequence length {inputs_BxT.shape[1]} exceeds max_len={cfg.max_len} (learned positions).')
+    if decode:
+      q_pos_BxT, k_pos_BxS, mask, decode_index = self._decode_positions(inputs_BxT, segment_ids, positions)
+    else:
+      q_pos_BxT = k_pos_BxS = self._positions(inputs_BxT, positions)
+      mask = attention.combine_masks(
+          attention.causal_mask(inputs_BxT.shape[1]) if self.causal else attention.padding_mask(inputs_BxT),
+          None if segment_ids is None else attention.segment_mask(segment_ids))
+      decode_index = None
+
+    x_BxTxD = self.token_embed(inputs_BxT)
+    if cfg.positions == 'learned':
+      x_BxTxD = x_BxTxD + self.position_embed(q_pos_BxT)
+    elif cfg.positions == 'sinusoidal':
+      x_BxTxD = x_BxTxD + sinusoidal_positions(q_pos_BxT, cfg.d_model).astype(cfg.compute_dtype)
+    # A zero 'perturbations' entry whose gradient is the gradient w.r.t. the embeddings (causality tests); made
+    # only on request (`mutable=['perturbations']`), so `init` returns params alone.
+    if not self.is_initializing():
+      x_BxTxD = self.perturb('embedded', x_BxTxD)
+    if not cfg.pre_norm:
+      x_BxTxD = self.norm(x_BxTxD)
+    x_BxTxD = self.dropout(x_BxTxD, deterministic=not train)
+
+    bias = self._attention_bias(q_pos_BxT, k_pos_BxS)
+    for layer in self.layers:
+      x_BxTxD = layer(x_BxTxD, bias=bias, mask=mask, decode_index=decode_index, train=train)
+    return self.norm(x_BxTxD) if cfg.pre_norm else x_BxTxD
+
+  def _positions(self, inputs_BxT, positions_BxT):
+    """The given positions, else 0..T-1 as `[1, T]` (one row, so the bias is built once for the whole batch)."""
+    if positions_BxT is not None:
+      return positions_BxT
+    return jnp.arange(inputs_BxT.shape[1], dtype=jnp.int32)[None]
+
+  def _decode_positions(self, inputs_BxT, segment_ids, positions):
+    """Queries sit at index, index+1, …; keys are the max_len cache slots, visible up to each query."""
+    if not self.causal:
+      raise ValueError('decode=True needs the causal decoder (model.task=lm).')
+    if segment_ids is not None or positions is not None:
+      raise ValueError('decode=True takes unpacked prompts: pass neither segment_ids nor positions.')
+    length = inputs_BxT.shape[1]
+    index = self.variable('cache', 'index', lambda: jnp.zeros((), jnp.int32))
+    decode_index = index.value
+    index.value = decode_index + length
+    q_pos_1xT = (decode_index + jnp.arange(length, dtype=jnp.int32))[None]
+    k_pos_1xS = jnp.arange(self.config.max_len, dtype=jnp.int32)[None]
+    mask_1x1xTxS = (k_pos_1xS[:, None, :] <= q_pos_1xT[:, :, None])[:, None]
+    return q_pos_1xT, k_pos_1xS, mask_1x1xTxS, decode_index
+
+  def _attention_bias(self, q_pos_BxT, k_pos_BxS):
+    """The additive b, float32 `[B or 1, H, T, S]`, from key − query positions (packed documents restart)."""
+    cfg = self.config
+    if cfg.attention_bias == 'none':
+      return None
+    relative_BxTxS = k_pos_BxS[:, None, :] - q_pos_BxT[:, :, None]
+    if cfg.attention_bias == 'relative':
+      buckets_BxTxS = relative_position_bucket(relative_BxTxS, bidirectional=not self.causal)
+      return jnp.moveaxis(self.relative_bias[buckets_BxTxS], -1, 1)
+    slopes_H = jnp.asarray(alibi_slopes(cfg.num_heads))
+    return -slopes_H[None, :, None, None] * jnp.abs(relative_BxTxS)[:, None].astype(jnp.float32)
+
+
+class ClassifierHead(nn.Module):
+  """Pooled features `[B, F]` → dropout → float32 logits `[B, num_classes]`."""
+  num_classes: int
+  dropout: float
+  dtype: jnp.dtype
+
+  @nn.compact
+  def __call__(self, pooled_BxF, *, train: bool):
+    pooled_BxF = nn.Dropout(self.dropout)(pooled_BxF, deterministic=not train)
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32, name='output')(pooled_BxF)
+    return logits.astype(jnp.float32)
+
+
+class OutputHead(nn.Module):
+  """Hidden `[B, T, D]` → float32 logits `[B, T, V]`: the tied token embedding (`attend`) plus a bias, or a Dense.
+
+  `transform` adds BERT's masked-LM transform (Dense, GELU, LayerNorm) first.
+  """
+  vocab_size: int
+  tie_embeddings: bool
+  transform: bool
+  dtype: jnp.dtype
+
+  @nn.compact
+  def __call__(self, h_BxTxD, token_embed: nn.Embed):
+    if self.transform:
+      h_BxTxD = nn.Dense(h_BxTxD.shape[-1], dtype=self.dtype, param_dtype=jnp.float32, name='transform')(h_BxTxD)
+      h_BxTxD = nn.LayerNorm(dtype=self.dtype, param_dtype=jnp.float32, name='transform_norm')(
+          nn.gelu(h_BxTxD, approximate=False))
+    if self.tie_embeddings:
+      logits_BxTxV = token_embed.attend(h_BxTxD) + self.param('bias', nn.initializers.zeros, (self.vocab_size,),
+                                                              jnp.float32)
+    else:
+      logits_BxTxV = nn.Dense(self.vocab_size, dtype=self.dtype, param_dtype=jnp.float32, name='output')(h_BxTxD)
+    return logits_BxTxV.astype(jnp.float32)
+
+
+class TransformerModel(nn.Module):
+  """task 'classification' → {'encoder', 'classifier_head'}; 'mlm' → {'encoder', 'mlm_head'};
+  'lm' → {'decoder', 'lm_head'}. ids int32 `[B, T]` → float32 `[B, num_classes]` or `[B, T, vocab_size]`.
+  """
+  config: TransformerConfig
+  task: str
+
+  def __post_init__(self):
+    check_choice('model.task', self.task, TASKS)
+    super().__post_init__()
+
+  @property
+  def max_decode_length(self) -> int:
+    """Longest prompt + generation `generate` may ask for (the key/value cache holds max_len positions)."""
+    return self.config.max_len
+
+  @nn.compact
+  def __call__(self, inputs_BxT, *, train: bool = False, segment_ids=None, positions=None, decode: bool = False):
+    cfg = self.config
+    is_lm = self.task == 'lm'
+    trunk = Transformer(cfg, causal=is_lm, name='decoder' if is_lm else 'encoder')
+    h_BxTxD = trunk(inputs_BxT, train=train, segment_ids=segment_ids, positions=positions, decode=decode)
+    if self.task == 'classification':
+      # The data pipeline puts [CLS] at position 0.
+      pooled_BxD = h_BxTxD[:, 0] if cfg.pooling == 'cls' else mean_pool(h_BxTxD, inputs_BxT)
+      return ClassifierHead(cfg.num_classes, cfg.dropout, cfg.compute_dtype, name='classifier_head')(
+          pooled_BxD, train=train)
+    return OutputHead(cfg.vocab_size, cfg.tie_embeddings, transform=self.task == 'mlm', dtype=cfg.compute_dtype,
+                      name=f'{self.task}_head')(h_BxTxD, trunk.token_embed)
+
+
+def build(model_config, *, vocab_size: int, max_len: int) -> TransformerModel:
+  """`config.model` (name 'transformer') → the module for `model_config.task`."""
+  mc = model_config
+  config = TransformerConfig(
+      vocab_size=vocab_size, max_len=max_len, num_layers=mc.num_layers, d_model=mc.d_model,
+      num_heads=mc.num_heads, mlp_dim=mc.mlp_dim, dropout=mc.dropout, attention_bias=mc.attention_bias,
+      positions=mc.positions, pre_norm=mc.pre_norm, pooling=mc.pooling, tie_embeddings=mc.tie_embeddings,
+      num_classes=mc.num_classes, dtype=mc.dtype, attention=mc.attention)
+  return TransformerModel(config, task=mc.task)

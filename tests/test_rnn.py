@@ -1,0 +1,194 @@
+"""RNN family (Elman, LSTM, GRU): shapes, jit, a float64 reference, padding invariance, causality and document
+resets by gradient, closed-form parameter counts, cached decoding, bf16, config errors."""
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments import base
+from lm_jax import models
+
+VOCAB = 23
+MAX_LEN = 16
+HIDDEN = 16
+EVERY_MODEL = [(f'{name}_{task}', name, task) for name in ('rnn', 'lstm', 'gru') for task in ('classification', 'lm')]
+
+
+def model_config(**overrides):
+  config = base.get_config().model
+  config.update(dict(num_layers=1, d_model=HIDDEN, dropout=0.1, bidirectional=True))
+  config.update(overrides)
+  return config
+
+
+def random_params(module, seed=0):
+  """Float32 params of the module's shapes, drawn by NumPy (no init compile; nonzero biases)."""
+  shapes = jax.eval_shape(module.init, jax.random.key(0), jnp.ones((1, 8), jnp.int32))['params']
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda s: jnp.asarray(rng.normal(0.0, 0.4, s.shape), jnp.float32), shapes)
+
+
+def build(**overrides):
+  module = models.get_model(model_config(**overrides), vocab_size=VOCAB, max_len=MAX_LEN)
+  return module, random_params(module)
+
+
+def random_ids(seed, shape, lengths=None):
+  """Random non-pad ids; with `lengths`, row b is padded (id 0) after lengths[b] tokens."""
+  ids = np.random.default_rng(seed).integers(1, VOCAB, shape)
+  if lengths is not None:
+    ids[np.arange(shape[1])[None, :] >= np.asarray(lengths)[:, None]] = 0
+  return jnp.asarray(ids, jnp.int32)
+
+
+def dependencies(module, params, inputs, **kwargs):
+  """bool [T, S]: whether any logit at position t has a nonzero gradient w.r.t. the embedding at position s."""
+  _, state = jax.eval_shape(lambda: module.apply({'params': params}, inputs, mutable=['perturbations'], **kwargs))
+  perturbations = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), state['perturbations'])
+  weights = jax.random.normal(jax.random.key(7), inputs.shape + (VOCAB,))
+
+  def per_position(perturbations):
+    logits = module.apply({'params': params, 'perturbations': perturbations}, inputs, **kwargs)
+    return jnp.einsum('btv,btv->t', logits, weights)
+
+  (jacobian_TxBxSxD,) = jax.tree.leaves(jax.jit(jax.jacrev(per_position))(perturbations))
+  return np.asarray(jnp.abs(jacobian_TxBxSxD).sum(axis=(1, 3)) > 0)
+
+
+def elman_classifier_reference(params, ids, num_layers):
+  """float64 NumPy: embed the real tokens, run h_t = tanh(W·x_t + U·h_{t-1} + b) both ways per layer, then the
+  head on [forward state after the last token, backward state after the first]."""
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+
+  def run(cell, xs):
+    h, hs = np.zeros(HIDDEN), []
+    for x in xs:
+      h = np.tanh(x @ cell['W'] + h @ cell['U'] + cell['b'])
+      hs.append(h)
+    return np.stack(hs)
+
+  logits = []
+  for row in np.asarray(ids):
+    x = p['encoder']['token_embed']['embedding'][row[row != 0]]
+    for layer in range(num_layers):
+      forward = run(p['encoder'][f'forward_{layer}']['step']['cell'], x)
+      backward = run(p['encoder'][f'backward_{layer}']['step']['cell'], x[::-1])[::-1]
+      x = np.concatenate([forward, backward], axis=-1)
+    pooled = np.concatenate([forward[-1], backward[0]])
+    logits.append(pooled @ p['classifier_head']['output']['kernel'] + p['classifier_head']['output']['bias'])
+  return np.stack(logits)
+
+
+def cell_count(cell, inputs, hidden):
+  return {'rnn': inputs * hidden + hidden * hidden + hidden,                           # W, U, b
+          'lstm': 4 * (inputs * hidden + hidden * hidden + hidden),                    # i, f, g, o gates
+          'gru': 3 * (inputs * hidden + hidden) + 3 * hidden * hidden + hidden}[cell]  # r, z, n gates
+
+
+class RNNTest(chex.TestCase):
+
+  @parameterized.named_parameters(*EVERY_MODEL)
+  def test_shapes_finite_and_jit_matches_eager(self, name, task):
+    module = models.get_model(model_config(name=name, task=task, num_layers=2), vocab_size=VOCAB, max_len=MAX_LEN)
+    params = jax.jit(module.init)(jax.random.key(0), jnp.ones((1, MAX_LEN), jnp.int32))['params']
+    inputs = random_ids(1, (2, 10), lengths=[10, 6])
+    apply = lambda p, x: module.apply({'params': p}, x)
+    eager, jitted = apply(params, inputs), jax.jit(apply)(params, inputs)
+    chex.assert_shape([eager, jitted], (2, 2) if task == 'classification' else (2, 10, VOCAB))
+    chex.assert_tree_all_finite(jitted)
+    self.assertEqual(jitted.dtype, jnp.float32)
+    chex.assert_trees_all_close(eager, jitted, atol=1e-5, rtol=1e-5)
+
+  def test_elman_classifier_matches_float64_reference(self):
+    module, params = build(name='rnn', task='classification', num_layers=2, pooling='cls')
+    inputs = random_ids(2, (3, 9), lengths=[9, 4, 1])
+    logits = jax.jit(lambda x: module.apply({'params': params}, x))(inputs)
+    np.testing.assert_allclose(logits, elman_classifier_reference(params, inputs, num_layers=2), atol=1e-5)
+
+  @parameterized.named_parameters(
+      ('lstm_bidirectional_cls', dict(name='lstm', pooling='cls')),
+      ('gru_bidirectional_mean', dict(name='gru', pooling='mean')),
+      ('rnn_forward_cls', dict(name='rnn', pooling='cls', bidirectional=False)),
+  )
+  def test_appended_padding_changes_nothing(self, overrides):
+    module, params = build(task='classification', num_layers=2, **overrides)
+    inputs = random_ids(3, (3, 8), lengths=[8, 5, 2])
+    apply = jax.jit(lambda x: module.apply({'params': params}, x))
+    logits = apply(inputs)
+    chex.assert_trees_all_close(apply(jnp.pad(inputs, ((0, 0), (0, 6)))), logits, atol=1e-5)
+    # Changing a real token does change the logits, so the comparison above is not vacuous.
+    self.assertGreater(float(jnp.abs(apply(inputs.at[:, 0].set(inputs[:, 0] % (VOCAB - 1) + 1)) - logits).max()),
+                       1e-4)
+
+  @parameterized.named_parameters(('rnn', 'rnn'), ('lstm', 'lstm'), ('gru', 'gru'))
+  def test_lm_is_causal_and_resets_at_document_starts(self, name):
+    module, params = build(name=name, task='lm', num_layers=2)
+    segment_ids = jnp.array([[1, 1, 1, 2, 2, 2, 2, 0]] * 2, jnp.int32)
+    positions = jnp.array([[0, 1, 2, 0, 1, 2, 3, 0]] * 2, jnp.int32)
+    inputs = random_ids(4, (2, 8), lengths=[7, 7])
+    deps = dependencies(module, params, inputs, segment_ids=segment_ids, positions=positions)
+    seg = np.asarray(segment_ids[0])
+    allowed = (seg[:, None] == seg[None, :]) & np.tril(np.ones((8, 8), bool))
+    real = seg > 0
+    np.testing.assert_array_equal(deps[real][:, real], allowed[real][:, real])
+    # The second document, packed after the first, gives the logits it gives alone at the start of a row.
+    apply = jax.jit(lambda x, s, p: module.apply({'params': params}, x, segment_ids=s, positions=p))
+    packed = apply(inputs, segment_ids, positions)
+    alone_ids = jnp.pad(inputs[:, 3:7], ((0, 0), (0, 4)))
+    alone = apply(alone_ids, (alone_ids > 0).astype(jnp.int32), jnp.array([[0, 1, 2, 3, 0, 0, 0, 0]] * 2))
+    chex.assert_trees_all_close(packed[:, 3:7], alone[:, :4], atol=1e-5)
+
+  @parameterized.named_parameters(*EVERY_MODEL)
+  def test_param_count_matches_closed_form(self, name, task):
+    config = model_config(name=name, task=task, num_layers=2, num_classes=3, tie_embeddings=False)
+    module = models.get_model(config, vocab_size=VOCAB, max_len=MAX_LEN)
+    shapes = jax.eval_shape(module.init, jax.random.key(0), jnp.ones((1, 4), jnp.int32))['params']
+    h = HIDDEN
+    directions = 2 if task == 'classification' else 1
+    expected = VOCAB * h + directions * (cell_count(name, h, h) + cell_count(name, directions * h, h))
+    expected += directions * h * 3 + 3 if task == 'classification' else h * VOCAB + VOCAB
+    self.assertEqual(models.count_params(shapes), expected)
+
+  def test_cached_greedy_generation_matches_uncached(self):
+    module, params = build(name='lstm', task='lm', num_layers=2)
+    prompt, new = random_ids(5, (2, 3)), 6
+    generated = models.generate(module, params, prompt, max_new_tokens=new, temperature=0.0)
+    chex.assert_shape(generated, (2, 3 + new))
+    apply = jax.jit(lambda x: module.apply({'params': params}, x))
+    # Reference: rerun the whole sequence for every token; padding after position t never reaches logits at t.
+    sequence = jnp.pad(prompt, ((0, 0), (0, new)))
+    for t in range(3, 3 + new):
+      sequence = sequence.at[:, t].set(jnp.argmax(apply(sequence)[:, t - 1], axis=-1))
+    np.testing.assert_array_equal(generated, sequence)
+
+  def test_bfloat16_compute_close_to_float32(self):
+    module, params = build(name='gru', task='lm')
+    bf16_module = models.get_model(model_config(name='gru', task='lm', dtype='bfloat16'), vocab_size=VOCAB,
+                                   max_len=MAX_LEN)
+    inputs = random_ids(6, (2, 10))
+    reference = jax.jit(lambda x: module.apply({'params': params}, x))(inputs)
+    logits = jax.jit(lambda x: bf16_module.apply({'params': params}, x))(inputs)
+    self.assertEqual(logits.dtype, jnp.float32)
+    chex.assert_trees_all_close(logits, reference, atol=0.03 * float(jnp.abs(reference).max()))
+    self.assertGreater(float(jnp.abs(logits - reference).max()), 0.0)  # bf16 really was used
+
+  @parameterized.named_parameters(
+      ('mlm', dict(name='lstm', task='mlm'), "model.task.*'classification', 'lm'"),
+      ('pooling', dict(name='gru', pooling='max'), 'model.pooling'),
+  )
+  def test_bad_config_raises_value_error(self, overrides, message):
+    with self.assertRaisesRegex(ValueError, message):
+      models.get_model(model_config(**overrides), vocab_size=VOCAB, max_len=MAX_LEN)
+
+  def test_classifier_rejects_packed_inputs(self):
+    module, params = build(name='rnn', task='classification')
+    inputs = random_ids(7, (1, 4))
+    with self.assertRaisesRegex(ValueError, 'segment_ids'):
+      module.apply({'params': params}, inputs, segment_ids=jnp.ones_like(inputs))
+
+
+if __name__ == '__main__':
+  absltest.main()
