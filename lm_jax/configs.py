@@ -6,8 +6,13 @@ an option allows and which numbers must be positive. Every error names the key, 
 
 import ml_collections
 
-# Options whose values are a closed set. Model and dataset names are checked by their registries.
+from lm_jax import data
+from lm_jax import models
+
+# Options whose values are a closed set; model and dataset names come from their registries.
 CHOICES = {
+    'model.name': tuple(models.MODELS),
+    'data.name': tuple(data.SOURCES),
     'data.tokenizer': ('sentencepiece', 'wordpiece', 'bytes'),
     'model.task': ('classification', 'lm', 'mlm'),
     'model.attention_bias': ('none', 'relative', 'alibi'),
@@ -51,3 +56,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError('config.train.num_steps and config.train.num_epochs are both <= 0: set one of them > 0.')
   if config.model.task == 'mlm' and config.model.name != 'transformer':
     raise ValueError(f'config.model.task=mlm needs model.name=transformer, got {config.model.name!r}.')
+  tasks = data.SOURCES[config.data.name].tasks
+  if config.model.task not in tasks:
+    raise ValueError(f'config.data.name={config.data.name!r} serves the tasks {tasks}, not '
+                     f'config.model.task={config.model.task!r}.')

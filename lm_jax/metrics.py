@@ -72,11 +72,13 @@ def format_log_line(step: int, total_steps: int, metrics: dict[str, float], *, t
                     mfu: float | None, eta_seconds: float | None) -> str:
   """`step 1200/4200 | loss 0.412 | acc 0.861 | lr 1.9e-05 | gnorm 0.83 | 5.1k tok/s | MFU 31% | eta 9m40s`.
 
-  Only the keys present among loss, accuracy, lr and grad_norm are shown; `mfu` is a fraction (0.31 -> 31%) and is
+  Only the keys present among loss, accuracy, lr, grad_norm and steps_per_sec are shown; `mfu` is a fraction (0.31 -> 31%) and is
   left out when None (unknown peak), as is an eta that is None or not finite.
   """
   parts = [f'step {step}/{total_steps}']
   parts += [f'{label} {float(metrics[key]):{fmt}}' for key, label, fmt in _LOGGED if key in metrics]
+  if 'steps_per_sec' in metrics:
+    parts.append(f'{float(metrics["steps_per_sec"]):.3g} steps/s')
   parts.append(f'{_si(tokens_per_sec)} tok/s')
   if mfu is not None:
     parts.append(f'MFU {100 * mfu:.0f}%')

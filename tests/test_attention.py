@@ -40,7 +40,7 @@ def random_inputs(seed, t=T, s=S, dtype=jnp.float32):
 
 class AttentionTest(chex.TestCase):
 
-  @chex.variants(with_jit=True, without_jit=True)
+  @chex.variants(with_jit=True, without_jit=True, with_pmap=True)
   @parameterized.named_parameters(('plain', False, False), ('bias', True, False), ('mask', False, True),
                                   ('bias_and_mask', True, True))
   def test_matches_float64_reference(self, use_bias, use_mask):

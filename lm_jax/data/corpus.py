@@ -1,0 +1,150 @@
+"""Documents, splits and text cleaning shared by the text sources.
+
+A source describes each split as a tuple of `View`s: a random-access document collection plus the indices of the
+documents that belong to the split. Documents are read in chunks (`read_chunks`), so a large TFDS split is never held
+as Python strings all at once.
+
+Every document passes through `clean_text`, which never fails and counts what it repaired in the split's `TextStats`:
+  invalid_utf8    bytes that are not UTF-8 (or lone surrogates) became U+FFFD
+  control_chars   control characters other than tab/newline were removed
+  odd_whitespace  tabs, '\\r', no-break and other Unicode spaces became ' '
+  empty           nothing was left after stripping (kept for classification, skipped when packing)
+  truncated       longer than the example length (classification) -- counted by the pipeline
+"""
+
+import dataclasses
+import re
+from typing import Iterator, Protocol, Sequence
+
+import numpy as np
+
+# The validation carve must not depend on config.seed: every run of a dataset is validated on the same documents.
+_CARVE_SEED = 20240601
+_CONTROL = re.compile(r'[\x00-\x08\x0e-\x1f\x7f\ufeff]')
+_ODD_SPACE = re.compile(r'[^\S\n ]')   # whitespace other than '\n' and ' '
+_SURROGATE = re.compile(r'[\ud800-\udfff]')
+
+
+@dataclasses.dataclass
+class TextStats:
+  """Counts of documents per split and of the repairs `clean_text` made."""
+  documents: int = 0
+  empty: int = 0
+  invalid_utf8: int = 0
+  control_chars: int = 0
+  odd_whitespace: int = 0
+  truncated: int = 0
+
+
+def clean_text(raw: bytes | str, stats: TextStats) -> str:
+  """UTF-8 text with repaired bytes, no control characters and plain spaces, stripped; counts into `stats`.
+
+  clean_text(b'caf\\xe9\\tbar\\r\\n') == 'caf\\ufffd bar'  (invalid_utf8, odd_whitespace += 1)
+  """
+  stats.documents += 1
+  if isinstance(raw, bytes):
+    try:
+      text = raw.decode('utf-8')
+    except UnicodeDecodeError:
+      text = raw.decode('utf-8', errors='replace')
+      stats.invalid_utf8 += 1
+  else:
+    text = raw
+    if _SURROGATE.search(text):   # from a 'surrogateescape' decode, or a JSON '\udcxx' escape
+      text = _SURROGATE.sub('\ufffd', text)
+      stats.invalid_utf8 += 1
+  text = text.replace('\r\n', '\n')
+  text, n = _CONTROL.subn('', text)
+  stats.control_chars += bool(n)
+  text, n = _ODD_SPACE.subn(' ', text)
+  stats.odd_whitespace += bool(n)
+  text = text.strip()
+  stats.empty += not text
+  return text
+
+
+class Documents(Protocol):
+  """A random-access collection of raw documents, optionally labelled."""
+
+  def __len__(self) -> int:
+    ...
+
+  def read(self, indices: Sequence[int]) -> tuple[list[bytes | str], list[int] | None]:
+    """The raw texts at `indices`, and their labels (None when unlabelled)."""
+    ...
+
+
+@dataclasses.dataclass(frozen=True)
+class InMemoryDocuments:
+  """Documents already in memory (local files, tests)."""
+  texts: Sequence[bytes | str]
+  labels: Sequence[int] | None = None
+
+  def __len__(self) -> int:
+    return len(self.texts)
+
+  def read(self, indices):
+    texts = [self.texts[i] for i in indices]
+    return texts, None if self.labels is None else [self.labels[i] for i in indices]
+
+
+@dataclasses.dataclass(frozen=True)
+class View:
+  """The documents `docs[indices]`, in this order."""
+  docs: Documents
+  indices: np.ndarray
+
+  @classmethod
+  def all(cls, docs: Documents, limit: int = -1) -> 'View':
+    """All documents, or the first `limit` of them when limit >= 0 (config.data.max_documents)."""
+    n = len(docs) if limit < 0 else min(limit, len(docs))
+    return cls(docs, np.arange(n))
+
+
+@dataclasses.dataclass(frozen=True)
+class Corpus:
+  """Every split of a text source: 'train' first, then the evaluation splits in report order."""
+  splits: dict[str, tuple[View, ...]]
+  labelled: bool
+
+
+def carve_validation(view: View, fraction: float) -> tuple[View, View | None]:
+  """Splits `view` into (train, validation) by a fixed permutation; validation is None when fraction == 0.
+
+  Both parts keep the original document order; together they hold every document of `view` exactly once.
+  """
+  if not 0 <= fraction < 1:
+    raise ValueError(f'data.validation_fraction={fraction} must be in [0, 1).')
+  if fraction == 0:
+    return view, None
+  n = len(view.indices)
+  if n < 2:
+    raise ValueError(f'Cannot carve a validation split from {n} document(s); provide more data or set '
+                     'data.validation_fraction=0.')
+  n_val = min(n - 1, max(1, round(n * fraction)))
+  held_out = np.zeros(n, bool)
+  held_out[np.random.default_rng(_CARVE_SEED).permutation(n)[:n_val]] = True
+  return View(view.docs, view.indices[~held_out]), View(view.docs, view.indices[held_out])
+
+
+def read_chunks(views: Sequence[View], stats: TextStats, chunk_size: int = 4096
+                ) -> Iterator[tuple[list[str], list[int] | None]]:
+  """Yields (cleaned texts, labels or None) for the documents of `views`, in order, `chunk_size` at a time."""
+  for view in views:
+    for start in range(0, len(view.indices), chunk_size):
+      raw, labels = view.docs.read(view.indices[start:start + chunk_size].tolist())
+      yield [clean_text(r, stats) for r in raw], labels
+
+
+def sample_texts(views: Sequence[View], num_docs: int) -> list[str]:
+  """Up to `num_docs` non-empty cleaned documents drawn without replacement (fixed seed) from `views`."""
+  if num_docs <= 0:
+    raise ValueError(f'data.tokenizer_train_docs={num_docs} must be positive.')
+  sizes = [len(v.indices) for v in views]
+  ends = np.cumsum(sizes)
+  chosen = np.sort(np.random.default_rng(_CARVE_SEED).permutation(int(ends[-1]))[:num_docs])
+  picked = []
+  for view, start, end in zip(views, ends - sizes, ends):
+    local = chosen[(chosen >= start) & (chosen < end)] - start
+    picked.append(View(view.docs, view.indices[local]))
+  return [t for texts, _ in read_chunks(picked, TextStats()) for t in texts if t]

@@ -1,0 +1,51 @@
+"""imdb_reviews from TFDS: the real builder, stored as array_record and read without TensorFlow.
+
+25,000 labelled training and 25,000 test movie reviews (label 0 = negative, 1 = positive), plus 50,000 unlabelled
+ones. Splits here: 'train' (TFDS train minus validation), 'validation' (data.validation_fraction of TFDS train,
+carved with a fixed seed, so it never overlaps train), 'test' (TFDS test: for the final report only).
+For lm/mlm pretraining, data.use_unsupervised adds the unlabelled reviews to 'train'. The reviews' HTML line
+breaks '<br />' become newlines.
+"""
+
+import dataclasses
+
+from lm_jax.data import corpus as corpus_lib
+from lm_jax.data import pipeline
+from lm_jax.data import tfds_source
+
+_DOWNLOAD_HOST = ('ai.stanford.edu', 80)   # aclImdb_v1.tar.gz is served over http
+
+
+@dataclasses.dataclass(frozen=True)
+class _Reviews:
+  """Reviews with '<br />' turned into newlines."""
+  docs: corpus_lib.Documents
+
+  def __len__(self) -> int:
+    return len(self.docs)
+
+  def read(self, indices):
+    texts, labels = self.docs.read(indices)
+    return [t.replace(b'<br />', b'\n') if isinstance(t, bytes) else t.replace('<br />', '\n') for t in texts], labels
+
+
+def read_corpus(data_config, task: str) -> corpus_lib.Corpus:
+  if not data_config.tfds_name.startswith('imdb_reviews'):
+    raise ValueError(f'data.name=imdb_reviews needs data.tfds_name imdb_reviews[/plain_text], got '
+                     f'{data_config.tfds_name!r}.')
+  unsupervised = data_config.use_unsupervised
+  if unsupervised and task == 'classification':
+    raise ValueError('data.use_unsupervised adds unlabelled reviews: it is for lm/mlm, not classification.')
+  splits = ('train', 'test') + (('unsupervised',) if unsupervised else ())
+  docs = {s: _Reviews(d) for s, d in tfds_source.open_splits(data_config, splits, download_host=_DOWNLOAD_HOST).items()}
+  limit = data_config.max_documents
+  train, validation = corpus_lib.carve_validation(corpus_lib.View.all(docs['train'], limit),
+                                                  data_config.validation_fraction)
+  views = {'train': (train,) + ((corpus_lib.View.all(docs['unsupervised'], limit),) if unsupervised else ())}
+  if validation is not None:
+    views['validation'] = (validation,)
+  views['test'] = (corpus_lib.View.all(docs['test'], limit),)
+  return corpus_lib.Corpus(views, labelled=True)
+
+
+SOURCE = pipeline.corpus_source(pipeline.TASKS, read_corpus)

@@ -1,0 +1,124 @@
+"""Examples as rows of numpy arrays: fixed arrays (classification, mqar) or documents packed into rows (lm, mlm).
+
+Packing concatenates the documents, each followed by eos, into one token stream and cuts it into rows of T tokens,
+the last row padded with 0: every token is in exactly one row, and a document may continue in the next row.
+Segment ids number the documents within a row from 1 (0 on padding); positions restart at 0 with each segment.
+For lm, targets are the next token of the stream, and 0 with weight 0 where that token belongs to another document
+or is past the end. T = 4, E = eos, three documents a, b, c:
+
+  stream     a a a E b b E c c c c E
+  inputs     [a a a E] [b b E c] [c c c E]
+  segments   [1 1 1 1] [1 1 1 2] [1 1 1 1]
+  positions  [0 1 2 3] [0 1 2 0] [0 1 2 3]
+  targets    [a a E 0] [b E 0 c] [c c E 0]
+  weights    [1 1 1 0] [1 1 0 1] [1 1 1 0]
+
+For mlm, targets are the inputs themselves and `bert_mask` chooses the weighted (masked) positions.
+"""
+
+import itertools
+from typing import Iterable, Protocol
+
+import numpy as np
+
+
+class Rows(Protocol):
+  """A split as rows: `take(idx)` returns a dict of arrays with leading axis len(idx), including 'weights'."""
+
+  def __len__(self) -> int:
+    ...
+
+  def take(self, idx: np.ndarray) -> dict[str, np.ndarray]:
+    ...
+
+
+class ArrayRows:
+  """Rows stored as equally long arrays, e.g. {'inputs': [N, T], 'label': [N], 'weights': [N]}."""
+
+  def __init__(self, arrays: dict[str, np.ndarray]):
+    sizes = {k: len(v) for k, v in arrays.items()}
+    if len(set(sizes.values())) != 1 or 'weights' not in arrays:
+      raise ValueError(f'ArrayRows needs equally long arrays including weights, got sizes {sizes}.')
+    self.arrays = arrays
+
+  def __len__(self) -> int:
+    return len(self.arrays['weights'])
+
+  def take(self, idx: np.ndarray) -> dict[str, np.ndarray]:
+    return {k: v[idx] for k, v in self.arrays.items()}
+
+
+class PackedRows:
+  """Documents packed into rows of `length` tokens (see the module docstring).
+
+  tokens: the stream, every document followed by eos (uint16 or int32, to halve memory for big corpora);
+  doc_ends: exclusive end offset of each document in the stream (increasing, last == len(tokens)).
+  """
+
+  def __init__(self, tokens: np.ndarray, doc_ends: np.ndarray, length: int, *, next_token_targets: bool):
+    if len(doc_ends) and doc_ends[-1] != len(tokens):
+      raise ValueError(f'doc_ends ends at {doc_ends[-1]}, the stream has {len(tokens)} tokens.')
+    self.tokens, self.doc_ends, self.length = tokens, np.asarray(doc_ends, np.int64), length
+    self.doc_starts = np.concatenate([[0], self.doc_ends[:-1]])
+    self.next_token_targets = next_token_targets
+
+  def __len__(self) -> int:
+    return -(-len(self.tokens) // self.length)
+
+  def take(self, idx: np.ndarray) -> dict[str, np.ndarray]:
+    size = len(self.tokens)
+    row_start_B = np.asarray(idx, np.int64) * self.length
+    offset_BxT = row_start_B[:, None] + np.arange(self.length)
+    real_BxT = offset_BxT < size
+    doc_BxT = np.searchsorted(self.doc_ends, offset_BxT, side='right')   # past the end: len(doc_ends)
+    doc_BxT = np.minimum(doc_BxT, len(self.doc_ends) - 1)
+    inputs = np.where(real_BxT, self.tokens[np.minimum(offset_BxT, size - 1)], 0).astype(np.int32)
+    segment_ids = np.where(real_BxT, doc_BxT - doc_BxT[:, :1] + 1, 0).astype(np.int32)
+    seg_start_BxT = np.maximum(self.doc_starts[doc_BxT], row_start_B[:, None])
+    positions = np.where(real_BxT, offset_BxT - seg_start_BxT, 0).astype(np.int32)
+    batch = {'inputs': inputs, 'segment_ids': segment_ids, 'positions': positions}
+    if self.next_token_targets:
+      has_next_BxT = real_BxT & (offset_BxT + 1 < self.doc_ends[doc_BxT])
+      batch['targets'] = np.where(has_next_BxT, self.tokens[np.minimum(offset_BxT + 1, size - 1)], 0
+                                  ).astype(np.int32)
+      batch['weights'] = has_next_BxT.astype(np.float32)
+    else:
+      batch['targets'] = inputs.copy()
+      batch['weights'] = np.zeros(inputs.shape, np.float32)
+    return batch
+
+
+def pack(chunks: Iterable[list[list[int]]], eos_id: int, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
+  """(stream, doc_ends) of the non-empty documents in `chunks` (lists of token lists), each followed by eos."""
+  dtype = np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.int32
+  streams, ends, total = [], [], 0
+  for lists in chunks:
+    lists = [ids for ids in lists if ids]
+    lengths = np.fromiter(map(len, lists), np.int64, len(lists))
+    flat = np.fromiter(itertools.chain.from_iterable(lists), dtype, int(lengths.sum()))
+    streams.append(np.insert(flat, np.cumsum(lengths), eos_id))
+    ends.append(total + np.cumsum(lengths + 1))
+    total += int(lengths.sum()) + len(lists)
+  if not total:
+    raise ValueError('No non-empty documents to pack.')
+  return np.concatenate(streams), np.concatenate(ends)
+
+
+def bert_mask(batch: dict[str, np.ndarray], rng: np.random.Generator, *, probability: float, mask_id: int,
+              maskable: np.ndarray, random_ids: np.ndarray, global_batch: int, rows: slice
+              ) -> dict[str, np.ndarray]:
+  """BERT masking of `batch['inputs']` (targets stay the original ids): each maskable token is chosen with
+  `probability`; a chosen token becomes mask_id (80%), a random regular id (10%) or stays (10%); weights = chosen.
+
+  maskable: bool [vocab], True for tokens that may be chosen (text tokens, not specials or padding);
+  random_ids: the ids a random replacement draws from. The random numbers are drawn for the whole global batch
+  (`global_batch` rows) and `rows` picks this process's share, so the masks do not depend on the process count.
+  """
+  global_shape = (global_batch, batch['inputs'].shape[1])
+  choose, kind = rng.random(global_shape)[rows], rng.random(global_shape)[rows]
+  replacement = random_ids[rng.integers(len(random_ids), size=global_shape)[rows]]
+  inputs = batch['inputs']
+  chosen = maskable[inputs] & (choose < probability)
+  masked = np.where(chosen & (kind < 0.8), mask_id, inputs)
+  masked = np.where(chosen & (kind >= 0.8) & (kind < 0.9), replacement, masked)
+  return {**batch, 'inputs': masked.astype(np.int32), 'weights': chosen.astype(np.float32)}

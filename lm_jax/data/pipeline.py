@@ -1,0 +1,177 @@
+"""The data object the trainer uses: tokenized splits as rows, batched and shuffled with grain.
+
+Training order: grain shuffles the row indices with config.seed, reshuffled per epoch (seed folded with the epoch),
+batches them (the remainder of each epoch is dropped) and repeats forever; each process builds only its share of
+the global batch. The iterator is grain's, so `get_state()` / `set_state()` resume at exactly the next batch.
+MLM masks are drawn per global batch from (seed, batch index): resumed runs and any process count see the same
+masks. Evaluation visits a split in its stored order; the last batch is filled up with copies of row 0 whose
+weights are 0, so every batch has the same shape.
+
+Splits are tokenized on first use and kept in memory (classification: an int32 [N, T] array; lm/mlm: one packed
+token stream, 2 bytes per token when the vocabulary fits uint16).
+"""
+
+import dataclasses
+import functools
+import itertools
+from typing import Callable
+
+from absl import logging
+import grain
+import jax
+import numpy as np
+
+from lm_jax.data import corpus as corpus_lib
+from lm_jax.data import packing
+from lm_jax.data import tokenizers
+
+TASKS = ('classification', 'lm', 'mlm')
+# Enough to overlap batch assembly with the train step without holding many batches in memory.
+_READ_OPTIONS = grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """A registered dataset: the tasks it serves and how to build its Data."""
+  tasks: tuple[str, ...]
+  build: Callable[..., 'Data']   # (data_config, *, task, seed, tokenizer_dir) -> Data
+
+
+class Data:
+  """Splits of one dataset for one task, with its tokenizer; see the module docstring."""
+
+  def __init__(self, tokenizer, splits: dict[str, Callable[[], packing.Rows]], *, task: str, seed: int,
+               mlm_probability: float = 0.15, stats: dict[str, corpus_lib.TextStats] | None = None):
+    if 'train' not in splits:
+      raise ValueError(f'Data needs a train split, got {list(splits)}.')
+    self.tokenizer = tokenizer
+    self.task = task
+    self.eval_splits = tuple(s for s in splits if s != 'train')
+    self.stats = stats or {}   # split -> TextStats, filled in as text splits are tokenized
+    self._seed = seed
+    self._make = splits
+    self._rows: dict[str, packing.Rows] = {}
+    self._mask = None
+    if task == 'mlm':
+      if not 0 < mlm_probability < 1:
+        raise ValueError(f'data.mlm_probability={mlm_probability} must be in (0, 1).')
+      maskable = tokenizer.token_bytes() > 0
+      self._mask = functools.partial(packing.bert_mask, probability=mlm_probability, mask_id=tokenizer.mask_id,
+                                     maskable=maskable, random_ids=np.flatnonzero(maskable))
+
+  def rows(self, split: str) -> packing.Rows:
+    """The rows of `split`, tokenized on first use."""
+    if split not in self._make:
+      raise ValueError(f'Unknown split {split!r}; this dataset has {list(self._make)}.')
+    if split not in self._rows:
+      self._rows[split] = self._make[split]()
+      logging.info('Split %s: %d rows.', split, len(self._rows[split]))
+    return self._rows[split]
+
+  def num_examples(self, split: str) -> int:
+    return len(self.rows(split))
+
+  def steps_per_epoch(self, batch_size: int) -> int:
+    self._local_rows(batch_size)
+    return self.num_examples('train') // batch_size
+
+  def _local_rows(self, batch_size: int) -> slice:
+    """This process's rows of a global batch."""
+    processes = jax.process_count()
+    if batch_size <= 0 or batch_size % processes:
+      raise ValueError(f'Batch size {batch_size} must be positive and divisible by the process count {processes}.')
+    local = batch_size // processes
+    return slice(jax.process_index() * local, (jax.process_index() + 1) * local)
+
+  def _batch(self, rows: packing.Rows, idx: np.ndarray, real: np.ndarray, rng_key: list[int], global_batch: int,
+             local: slice) -> dict[str, np.ndarray]:
+    batch = rows.take(np.where(real, idx, 0))
+    if self._mask:
+      batch = self._mask(batch, np.random.default_rng(rng_key), global_batch=global_batch, rows=local)
+    weights = batch['weights']
+    batch['weights'] = weights * real.reshape(-1, *[1] * (weights.ndim - 1)).astype(np.float32)
+    return batch
+
+  def _train_batch(self, rows, global_batch: int, local: slice, step: int, idx_B: np.ndarray):
+    idx = idx_B[local]
+    return self._batch(rows, idx, np.ones(len(idx), bool), [self._seed, 0, step], global_batch, local)
+
+  def train_iterator(self, batch_size: int) -> grain.DatasetIterator:
+    """Infinite iterator of this process's share of each global training batch; see the module docstring."""
+    local = self._local_rows(batch_size)
+    rows = self.rows('train')
+    if len(rows) < batch_size:
+      raise ValueError(f'Batch size {batch_size} exceeds the {len(rows)} training examples.')
+    ds = grain.MapDataset.range(len(rows)).shuffle(seed=self._seed)
+    ds = ds.batch(batch_size, drop_remainder=True).repeat()
+    ds = ds.map_with_index(functools.partial(self._train_batch, rows, batch_size, local))
+    return iter(ds.to_iter_dataset(_READ_OPTIONS))
+
+  def _eval_batch(self, rows, split_no: int, global_batch: int, local: slice, k: int):
+    idx = k * global_batch + np.arange(local.start, local.stop)
+    return self._batch(rows, idx, idx < len(rows), [self._seed, 1 + split_no, k], global_batch, local)
+
+  def eval_batches(self, split: str, batch_size: int) -> grain.IterDataset:
+    """Finite iterable over `split` in its stored order; every batch full, filler rows weighted 0."""
+    local = self._local_rows(batch_size)
+    rows = self.rows(split)
+    split_no = list(self._make).index(split)
+    num_batches = -(-len(rows) // batch_size)
+    ds = grain.MapDataset.range(num_batches)
+    ds = ds.map(functools.partial(self._eval_batch, rows, split_no, batch_size, local))
+    return ds.to_iter_dataset(_READ_OPTIONS)
+
+
+def _classification_rows(views, tokenizer, max_len: int, stats: corpus_lib.TextStats) -> packing.ArrayRows:
+  """[cls, tokens[:max_len - 2], sep] padded with 0, the label, weight 1."""
+  if max_len < 3:
+    raise ValueError(f'data.max_len={max_len} must be at least 3 for classification (cls, a token, sep).')
+  token_lists, labels = [], []
+  for texts, chunk_labels in corpus_lib.read_chunks(views, stats):
+    token_lists += tokenizer.encode_batch(texts)
+    labels += chunk_labels
+  lengths = np.fromiter(map(len, token_lists), np.int64, len(token_lists))
+  stats.truncated += int((lengths > max_len - 2).sum())
+  kept = np.minimum(lengths, max_len - 2)
+  inputs = np.zeros((len(token_lists), max_len), np.int32)
+  inputs[:, 0] = tokenizer.cls_id
+  body = np.arange(max_len) - 1
+  flat = np.fromiter(itertools.chain.from_iterable(ids[:n] for ids, n in zip(token_lists, kept)), np.int32,
+                     int(kept.sum()))
+  inputs[(body >= 0) & (body < kept[:, None])] = flat   # row-major: fills each row's token slots in order
+  inputs[np.arange(len(kept)), kept + 1] = tokenizer.sep_id
+  return packing.ArrayRows({'inputs': inputs, 'label': np.asarray(labels, np.int32),
+                            'weights': np.ones(len(labels), np.float32)})
+
+
+def _packed_rows(views, tokenizer, max_len: int, stats: corpus_lib.TextStats, *, task: str) -> packing.PackedRows:
+  chunks = (tokenizer.encode_batch(texts) for texts, _ in corpus_lib.read_chunks(views, stats))
+  tokens, doc_ends = packing.pack(chunks, tokenizer.eos_id, tokenizer.vocab_size)
+  return packing.PackedRows(tokens, doc_ends, max_len, next_token_targets=task == 'lm')
+
+
+def text_data(corpus: corpus_lib.Corpus, data_config, *, task: str, seed: int, tokenizer_dir: str) -> Data:
+  """Data for `task` over a text corpus; the tokenizer is loaded from, or built and saved into, tokenizer_dir."""
+  if task == 'classification' and not corpus.labelled:
+    raise ValueError(f'data.name={data_config.name!r} has no labels here; classification needs labelled data.')
+  tokenizer = tokenizers.get(data_config, tokenizer_dir,
+                             lambda: corpus_lib.sample_texts(corpus.splits['train'], data_config.tokenizer_train_docs))
+  stats = {split: corpus_lib.TextStats() for split in corpus.splits}
+
+  def make(split: str) -> packing.Rows:
+    if task == 'classification':
+      rows = _classification_rows(corpus.splits[split], tokenizer, data_config.max_len, stats[split])
+    else:
+      rows = _packed_rows(corpus.splits[split], tokenizer, data_config.max_len, stats[split], task=task)
+    logging.info('Split %s text: %s', split, stats[split])
+    return rows
+
+  return Data(tokenizer, {s: functools.partial(make, s) for s in corpus.splits}, task=task, seed=seed,
+              mlm_probability=data_config.mlm_probability, stats=stats)
+
+
+def corpus_source(tasks: tuple[str, ...], read_corpus: Callable[..., corpus_lib.Corpus]) -> Source:
+  """A Source whose Data is `text_data` over `read_corpus(data_config, task)`."""
+  def build(data_config, *, task: str, seed: int, tokenizer_dir: str) -> Data:
+    return text_data(read_corpus(data_config, task), data_config, task=task, seed=seed, tokenizer_dir=tokenizer_dir)
+  return Source(tasks, build)

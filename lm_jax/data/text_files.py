@@ -1,0 +1,118 @@
+"""The user's own data: text files (lm/mlm) and csv/jsonl with text and label columns (any task).
+
+data.paths is a glob, or several separated by commas ('~' and '**' work); files are read in sorted order.
+  text_files  UTF-8 .txt files; documents are separated by blank lines (a file without one is one document),
+              as in BERT's pretraining corpora.
+  csv         a header row naming data.text_column and, for classification, data.label_column.
+  jsonl       one JSON object per line with those keys; blank lines are skipped.
+Labels are non-negative integers (0, 1, ... or their decimal strings). 'validation' is data.validation_fraction
+of the documents (rows), carved with a fixed seed; data.max_documents caps the documents read. Bytes that are not
+UTF-8 become U+FFFD and are counted, never an error.
+"""
+
+import csv
+import glob
+import json
+import os
+import re
+
+from lm_jax.data import corpus as corpus_lib
+from lm_jax.data import pipeline
+
+_BLANK_LINES = re.compile(rb'(?:\r?\n[ \t\f\v]*){2,}')
+
+
+def expand_paths(paths: str) -> list[str]:
+  """Sorted files matching each comma-separated glob, in pattern order, without duplicates."""
+  patterns = [p.strip() for p in paths.split(',') if p.strip()]
+  if not patterns:
+    raise ValueError('data.paths is empty: set it to a glob of your files, e.g. data.paths="corpus/*.txt".')
+  files = []
+  for pattern in patterns:
+    matched = sorted(f for f in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(f))
+    if not matched:
+      raise FileNotFoundError(f'data.paths pattern {pattern!r} matches no file.')
+    files += matched
+  return list(dict.fromkeys(files))
+
+
+def _label(value, where: str) -> int:
+  if isinstance(value, str) and value.strip().isdigit():
+    return int(value)
+  if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+    return value
+  raise ValueError(f'{where}: label {value!r} (data.label_column) is not a non-negative integer.')
+
+
+def _read_txt(path: str) -> list[bytes]:
+  with open(path, 'rb') as f:
+    return [doc for doc in _BLANK_LINES.split(f.read()) if doc.strip()]
+
+
+def _read_csv(path: str, text_column: str, label_column: str | None) -> tuple[list[str], list[int]]:
+  csv.field_size_limit(1 << 30)   # the default (128 KiB) rejects long documents
+  texts, labels = [], []
+  # surrogateescape keeps bad bytes readable; clean_text turns them into U+FFFD and counts them.
+  with open(path, newline='', encoding='utf-8', errors='surrogateescape') as f:
+    reader = csv.DictReader(f)
+    for column in filter(None, (text_column, label_column)):
+      if column not in (reader.fieldnames or ()):
+        raise ValueError(f'{path}: no column {column!r}; the header has {reader.fieldnames}.')
+    for row in reader:
+      texts.append(row[text_column])
+      if label_column:
+        labels.append(_label(row[label_column], f'{path}:{reader.line_num}'))
+  return texts, labels
+
+
+def _read_jsonl(path: str, text_column: str, label_column: str | None) -> tuple[list[str], list[int]]:
+  texts, labels = [], []
+  with open(path, encoding='utf-8', errors='surrogateescape') as f:
+    for line_no, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      where = f'{path}:{line_no}'
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f'{where}: not a JSON object ({e}).') from e
+      for key in filter(None, (text_column, label_column)):
+        if not isinstance(record, dict) or key not in record:
+          raise ValueError(f'{where}: no key {key!r} in {str(record)[:200]}.')
+      if not isinstance(record[text_column], str):
+        raise ValueError(f'{where}: {text_column!r} is {type(record[text_column]).__name__}, not a string.')
+      texts.append(record[text_column])
+      if label_column:
+        labels.append(_label(record[label_column], where))
+  return texts, labels
+
+
+def _carved(docs: corpus_lib.Documents, data_config, labelled: bool) -> corpus_lib.Corpus:
+  train, validation = corpus_lib.carve_validation(corpus_lib.View.all(docs, data_config.max_documents),
+                                                  data_config.validation_fraction)
+  views = {'train': (train,)} if validation is None else {'train': (train,), 'validation': (validation,)}
+  return corpus_lib.Corpus(views, labelled=labelled)
+
+
+def read_text_files(data_config, task: str) -> corpus_lib.Corpus:
+  del task
+  texts = [doc for path in expand_paths(data_config.paths) for doc in _read_txt(path)]
+  return _carved(corpus_lib.InMemoryDocuments(texts), data_config, labelled=False)
+
+
+def _table_reader(read_file):
+  def read_corpus(data_config, task: str) -> corpus_lib.Corpus:
+    label_column = data_config.label_column if task == 'classification' else None
+    texts, labels = [], []
+    for path in expand_paths(data_config.paths):
+      file_texts, file_labels = read_file(path, data_config.text_column, label_column)
+      texts += file_texts
+      labels += file_labels
+    docs = corpus_lib.InMemoryDocuments(texts, labels if label_column else None)
+    return _carved(docs, data_config, labelled=label_column is not None)
+  return read_corpus
+
+
+TEXT_FILES = pipeline.corpus_source(('lm', 'mlm'), read_text_files)
+CSV = pipeline.corpus_source(pipeline.TASKS, _table_reader(_read_csv))
+JSONL = pipeline.corpus_source(pipeline.TASKS, _table_reader(_read_jsonl))

@@ -1,0 +1,172 @@
+"""The training loop end to end on synthetic data: it learns, resumes exactly, and 1 device == 2 devices."""
+
+import json
+import os
+from unittest import mock
+
+import chex
+import jax
+import numpy as np
+
+from experiments import base
+from lm_jax import checkpoint
+from lm_jax import train
+
+
+def tiny_recall_config(**train_overrides):
+  """A 1-layer decoder on multi-query associative recall: compiles in seconds, learns within ~100 steps."""
+  c = base.get_config()
+  c.data.name = 'mqar'
+  c.data.max_len = 32
+  c.data.vocab_size = 32
+  c.data.mqar.num_pairs = 4
+  c.data.mqar.num_queries = 4
+  c.data.mqar.num_train = 512
+  c.data.mqar.num_eval = 64
+  c.model.task = 'lm'
+  c.model.num_layers = 1
+  c.model.d_model = 32
+  c.model.num_heads = 2
+  c.model.mlp_dim = 64
+  c.model.dropout = 0.0
+  c.optim.learning_rate = 3e-3
+  c.optim.warmup_steps = 5
+  c.optim.schedule = 'constant'
+  c.train.batch_size = 16
+  c.train.eval_batch_size = 32
+  c.train.num_steps = 20
+  c.train.log_every_steps = 5
+  c.train.eval_every_steps = 10
+  c.train.checkpoint_every_steps = 10
+  c.train.best_metric = 'loss'
+  c.train.best_mode = 'min'
+  for key, value in train_overrides.items():
+    c.train[key] = value
+  return c
+
+
+def read_jsonl(path):
+  with open(path) as f:
+    return [json.loads(line) for line in f]
+
+
+class TrainLoopTest(chex.TestCase):
+
+  def test_trains_writes_everything_and_does_not_retrain(self):
+    workdir = self.create_tempdir().full_path
+    config = tiny_recall_config(num_steps=60, log_every_steps=10, eval_every_steps=30, checkpoint_every_steps=30)
+    state, results = train.train_and_evaluate(config, workdir)
+    self.assertEqual(int(state.step), 60)
+    for name in ('config.json', 'metrics.jsonl', 'results.json', 'tokenizer', 'checkpoints', 'events'):
+      self.assertTrue(os.path.exists(os.path.join(workdir, name)), name)
+    lines = read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+    train_losses = [l['loss'] for l in lines if l['split'] == 'train']
+    self.assertLen(train_losses, 6)
+    self.assertLess(train_losses[-1], 0.8 * train_losses[0])
+    self.assertEqual([l['step'] for l in lines if l['split'] == 'validation'], [30, 60])
+    self.assertEqual(set(results), {'step', 'validation'})  # mqar has no test split
+    self.assertGreater(results['validation']['accuracy'], 0.1)  # chance is 1/14 (num keys for vocab 32)
+    self.assertTrue(np.isfinite(results['validation']['perplexity']))
+    self.assertIn('bits_per_byte', results['validation'])
+    with open(os.path.join(workdir, 'results.json')) as f:
+      self.assertEqual(json.load(f), results)
+    # A finished run is not retrained: same results, no new metric lines.
+    _, again = train.train_and_evaluate(config, workdir)
+    self.assertEqual(again, results)
+    self.assertLen(read_jsonl(os.path.join(workdir, 'metrics.jsonl')), len(lines) + 0)
+
+  def test_resume_is_bitwise_exact(self):
+    straight, resumed = self.create_tempdir().full_path, self.create_tempdir().full_path
+    final_straight, _ = train.train_and_evaluate(tiny_recall_config(num_steps=20), straight)
+    train.train_and_evaluate(tiny_recall_config(num_steps=10), resumed)  # "interrupted" after 10 steps
+    final_resumed, _ = train.train_and_evaluate(tiny_recall_config(num_steps=20), resumed)
+    chex.assert_trees_all_equal(jax.device_get(final_straight.params), jax.device_get(final_resumed.params))
+    chex.assert_trees_all_equal(jax.device_get(final_straight.opt_state), jax.device_get(final_resumed.opt_state))
+    loss = lambda w: [l['loss'] for l in read_jsonl(os.path.join(w, 'metrics.jsonl')) if l['split'] == 'train']
+    self.assertEqual(loss(straight), loss(resumed))
+
+  def test_one_device_equals_two_devices(self):
+    self.assertLen(jax.devices(), 2)
+    one, two = self.create_tempdir().full_path, self.create_tempdir().full_path
+    state_one, _ = train.train_and_evaluate(tiny_recall_config(), one, devices=jax.devices()[:1])
+    state_two, _ = train.train_and_evaluate(tiny_recall_config(), two)
+    loss = lambda w: [l['loss'] for l in read_jsonl(os.path.join(w, 'metrics.jsonl')) if l['split'] == 'train']
+    np.testing.assert_allclose(loss(one), loss(two), rtol=1e-5)
+    # The attention key bias has an exactly zero gradient in exact arithmetic (softmax ignores a constant added to a
+    # query's scores), so Adam turns its rounding noise into full-size steps there. Everything else must agree.
+    without_key_bias = lambda params: {
+        name: leaf for name, leaf in ((jax.tree_util.keystr(path), leaf) for path, leaf in
+                                      jax.tree_util.tree_flatten_with_path(jax.device_get(params))[0])
+        if not ('key' in name and 'bias' in name)}
+    key_biases = len(jax.tree.leaves(state_one.params)) - len(without_key_bias(state_one.params))
+    self.assertEqual(key_biases, 1)
+    chex.assert_trees_all_close(without_key_bias(state_one.params), without_key_bias(state_two.params), atol=1e-5)
+
+  def test_nan_loss_halts_and_keeps_last_good_checkpoint(self):
+    workdir = self.create_tempdir().full_path
+    config = tiny_recall_config(num_steps=30, checkpoint_every_steps=5)
+    real_make_train_step = train.make_train_step
+
+    def make_poisoned_train_step(*args):
+      """From step 8 on, the params entering the step are NaN, as after a diverged update."""
+      step_fn = real_make_train_step(*args)
+
+      def poisoned(state, batch):
+        if int(state.step) >= 7:
+          state = state.replace(params=jax.tree.map(lambda p: p * np.nan, state.params))
+        return step_fn(state, batch)
+      return poisoned
+
+    with mock.patch.object(train, 'make_train_step', make_poisoned_train_step):
+      with self.assertRaisesRegex(FloatingPointError, r'Loss is nan at step 8.*last good checkpoint \(step 5\)'):
+        train.train_and_evaluate(config, workdir)
+    ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), max_to_keep=3, best_metric='loss',
+                                   best_mode='min')
+    self.assertEqual(ckpt.latest_step(), 5)
+    ckpt.close()
+
+  def test_refuses_workdir_of_another_model(self):
+    workdir = self.create_tempdir().full_path
+    train.train_and_evaluate(tiny_recall_config(num_steps=2, log_every_steps=1), workdir)
+    other = tiny_recall_config(num_steps=2)
+    other.model.d_model = 64
+    with self.assertRaisesRegex(ValueError, r'model\.d_model: 32 -> 64'):
+      train.train_and_evaluate(other, workdir)
+
+  def test_batch_size_must_divide_device_count(self):
+    with self.assertRaisesRegex(ValueError, r'config\.train\.batch_size=15 must divide by the device count \(2\)'):
+      train.train_and_evaluate(tiny_recall_config(batch_size=15), self.create_tempdir().full_path)
+
+
+class InitFromTest(chex.TestCase):
+
+  def test_mlm_encoder_initializes_a_classifier(self):
+    tmp = self.create_tempdir()
+    rng = np.random.default_rng(0)
+    words = ['good', 'bad', 'film', 'plot', 'actor', 'great', 'awful', 'scene', 'story', 'music']
+    sentence = lambda: ' '.join(rng.choice(words, 12))
+    corpus = tmp.create_file('corpus.txt', content='\n\n'.join(sentence() for _ in range(200)))
+    labelled = tmp.create_file('reviews.jsonl', content='\n'.join(
+        json.dumps({'text': sentence(), 'label': int(rng.integers(2))}) for _ in range(200)))
+
+    def tiny(name, path, task):
+      c = tiny_recall_config(num_steps=3, log_every_steps=1)
+      c.data.name, c.data.paths, c.data.tokenizer = name, path.full_path, 'bytes'
+      c.model.task = task
+      return c
+
+    mlm_dir = os.path.join(tmp.full_path, 'mlm')
+    pretrained, _ = train.train_and_evaluate(tiny('text_files', corpus, 'mlm'), mlm_dir)
+
+    classifier = tiny('jsonl', labelled, 'classification')
+    classifier.init_from = mlm_dir
+    with self.assertRaisesRegex(ValueError, r'classifier_head/.*missing in the checkpoint'):
+      train.build(classifier, os.path.join(tmp.full_path, 'no_reinit'), train.make_mesh())
+    classifier.init_from_reinit = 'head'
+    finetune_dir = os.path.join(tmp.full_path, 'finetune')
+    _, _, _, state, _ = train.build(classifier, finetune_dir, train.make_mesh())
+    chex.assert_trees_all_equal(jax.device_get(state.params['encoder']), jax.device_get(pretrained.params['encoder']))
+    self.assertIn('classifier_head', state.params)
+    self.assertNotIn('mlm_head', state.params)
+    self.assertEqual(sorted(os.listdir(os.path.join(finetune_dir, 'tokenizer'))),
+                     sorted(os.listdir(os.path.join(mlm_dir, 'tokenizer'))))
