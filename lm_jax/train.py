@@ -12,6 +12,7 @@ import math
 import os
 import shutil
 import time
+from typing import Any
 
 import flax
 import jax
@@ -38,7 +39,7 @@ FROZEN_SECTIONS = ('model', 'data')
 
 class TrainState(flax.struct.PyTreeNode):
   step: jax.Array
-  params: flax.core.FrozenDict
+  params: Any
   opt_state: optax.OptState
   rng: jax.Array  # base key; step t uses fold_in(rng, t), so a resumed run draws the same dropout masks
 
@@ -80,31 +81,31 @@ def model_kwargs(batch):
 def make_train_step(model, optimizer, mesh, grad_accum_steps):
   """A jitted `(state, batch) -> (state, metrics)`; batch sharded over 'data', state replicated."""
 
-  def micro_grads(params, batch, rng):
-    def loss_fn(params):
-      logits = model.apply({'params': params}, batch['inputs'], train=True, rngs={'dropout': rng},
-                           **model_kwargs(batch))
-      sums = loss_sums(logits, batch)
-      # Normalize by the mean per-replica weight so that pmean over replicas is the global weighted mean.
-      return sums['loss'] / jax.lax.pmean(sums['count'], 'data'), sums
-    return jax.grad(loss_fn, has_aux=True)(params)
-
   def replica_step(state, batch):
     rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), jax.lax.axis_index('data'))
+    # Each replica sums its losses and divides by the mean weight per replica: pmean over replicas (and the sum over
+    # micro-batches) then gives the gradient of the mean loss over the whole global batch.
+    denominator = jax.lax.pmean(jnp.sum(batch['weights']), 'data')
+
+    def loss_fn(params, micro_batch, rng):
+      logits = model.apply({'params': params}, micro_batch['inputs'], train=True, rngs={'dropout': rng},
+                           **model_kwargs(micro_batch))
+      sums = loss_sums(logits, micro_batch)
+      return sums['loss'] / denominator, sums
+
+    grad_fn = jax.grad(loss_fn, has_aux=True)
     if grad_accum_steps == 1:
-      grads, sums = micro_grads(state.params, batch, rng)
-    else:
-      micro = jax.tree.map(lambda x: x.reshape(grad_accum_steps, -1, *x.shape[1:]), batch)
+      grads, sums = grad_fn(state.params, batch, rng)
+    else:  # a scan over micro-batches: the memory of one micro-batch, the gradient of the whole batch
+      micro_batches = jax.tree.map(lambda x: x.reshape(grad_accum_steps, -1, *x.shape[1:]), batch)
 
-      def accumulate(carry, inputs):
+      def accumulate(total, inputs):
         i, micro_batch = inputs
-        grads, sums = micro_grads(state.params, micro_batch, jax.random.fold_in(rng, i))
-        return jax.tree.map(jnp.add, carry, (grads, sums)), None
+        return jax.tree.map(jnp.add, total, grad_fn(state.params, micro_batch, jax.random.fold_in(rng, i))), None
 
-      zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(micro_grads, state.params, jax.tree.map(
-          lambda x: x[0], micro), rng))
-      (grads, sums), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(grad_accum_steps), micro))
-      grads = jax.tree.map(lambda g: g / grad_accum_steps, grads)
+      first = jax.tree.map(lambda x: x[0], micro_batches)
+      zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, state.params, first, rng))
+      (grads, sums), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(grad_accum_steps), micro_batches))
     grads = jax.lax.pmean(grads, 'data')
     sums = jax.lax.psum(sums, 'data')
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
