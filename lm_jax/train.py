@@ -186,6 +186,10 @@ def build(config, workdir, mesh):
     inherit_tokenizer(config.init_from, workdir)
   data = data_lib.build(config.data, task=config.model.task, seed=config.seed,
                         tokenizer_dir=os.path.join(workdir, 'tokenizer'))
+  if config.model.task == 'classification' and data.num_labels() > config.model.num_classes:
+    # Out-of-range labels would not fail: the loss would silently train on clamped labels.
+    raise ValueError(f'The data has labels 0..{data.num_labels() - 1}, more than '
+                     f'config.model.num_classes={config.model.num_classes}: raise it.')
   model = models.get_model(config.model, vocab_size=data.tokenizer.vocab_size, max_len=config.data.max_len)
   total_steps = config.train.num_steps
   if total_steps <= 0:

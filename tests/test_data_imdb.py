@@ -129,5 +129,8 @@ class ImdbTest(chex.TestCase):
          self.assertRaisesRegex(FileNotFoundError, 'ai.stanford.edu:80 is unreachable.*data.tfds_data_dir'):
       self._build(tfds_data_dir=empty, download=True)
     self.assertLess(time.monotonic() - start, 10)
+    with mock.patch.dict(os.environ, {'HOME': self.tmp.name}), \
+         self.assertRaisesRegex(FileNotFoundError, f'not prepared in {empty}/imdb_reviews'):
+      self._build(tfds_data_dir='~/nothing_here')   # expanded like data.paths, not taken literally
     with self.assertRaisesRegex(ValueError, 'needs data.tfds_name imdb_reviews'):
       self._build(tfds_name='wikipedia/20230601.en')

@@ -3,12 +3,14 @@
 import csv
 import json
 import os
+from unittest import mock
 
 import chex
 import numpy as np
 
 from experiments import base
 from lm_jax import data as data_lib
+from lm_jax.data import tokenizers
 
 
 def _config(name, paths, **overrides):
@@ -60,8 +62,8 @@ class TextFilesTest(chex.TestCase):
   def test_bad_text_is_repaired_and_counted(self):
     root = self.create_tempdir()
     long_doc = 'word ' * 500
-    content = (b'caf\xe9 ok\n\n' + b'ctrl\x00\x07 chars\n\n' + 'tab\there\u00a0nbsp'.encode() + b'\n\n   \n\n'
-               + long_doc.encode() + b'\n\nplain')
+    content = (b'caf\xe9 ok\n\n' + 'ctrl\x00\x07\x9b chars\n\n'.encode()   # C0 and C1 controls
+               + 'tab\there\u00a0nbsp'.encode() + b'\n\n   \n\n' + long_doc.encode() + b'\n\nplain')
     root.create_file('bad.txt', content=content, mode='wb')
     cfg = _config('text_files', os.path.join(root.full_path, 'bad.txt'), validation_fraction=0.0)
     data = data_lib.build(cfg, task='mlm', seed=0, tokenizer_dir=self.create_tempdir().full_path)
@@ -77,6 +79,18 @@ class TextFilesTest(chex.TestCase):
     self.assertTrue(masked.any())
     self.assertTrue(np.all(data.tokenizer.token_bytes()[batch['targets'][masked]] == 1))   # only text bytes
 
+  def test_second_build_loads_the_tokenizer_it_saved(self):
+    rng = np.random.default_rng(5)
+    root = self.create_tempdir()
+    root.create_file('a.txt', content='\n\n'.join(_random_words(rng, 30) for _ in range(40)))
+    cfg = _config('text_files', os.path.join(root.full_path, 'a.txt'), tokenizer='sentencepiece', vocab_size=300)
+    tokenizer_dir = self.create_tempdir().full_path
+    first = data_lib.build(cfg, task='lm', seed=0, tokenizer_dir=tokenizer_dir)
+    with mock.patch.object(tokenizers.SentencePieceTokenizer, 'train', side_effect=AssertionError('retrained')):
+      again = data_lib.build(cfg, task='lm', seed=0, tokenizer_dir=tokenizer_dir)
+    self.assertGreater(first.num_examples('train'), 2)
+    chex.assert_trees_all_equal(next(first.train_iterator(2)), next(again.train_iterator(2)))
+
   def test_path_errors(self):
     with self.assertRaisesRegex(ValueError, 'data.paths is empty'):
       data_lib.build(_config('text_files', ' , '), task='lm', seed=0, tokenizer_dir=self.create_tempdir().full_path)
@@ -87,9 +101,10 @@ class TextFilesTest(chex.TestCase):
 
 def _write_table(root, fmt, rows):
   path = os.path.join(root, f'data.{fmt}')
-  with open(path, 'w', newline='', encoding='utf-8') as f:
+  # With a byte order mark, as spreadsheet programs write them; the text column first, where the mark would stick.
+  with open(path, 'w', newline='', encoding='utf-8-sig') as f:
     if fmt == 'csv':
-      writer = csv.DictWriter(f, fieldnames=['id', 'review', 'stars'])
+      writer = csv.DictWriter(f, fieldnames=['review', 'id', 'stars'])
       writer.writeheader()
       writer.writerows(rows)
     else:
@@ -156,6 +171,20 @@ class TableTest(chex.TestCase):
       cfg.text_column = 'body'
       with self.assertRaisesRegex(ValueError, "'body'"):
         data_lib.build(cfg, task='classification', seed=0, tokenizer_dir=self.create_tempdir().full_path)
+    rows[2]['stars'] = '²'   # str.isdigit() says yes, int() says no
+    cfg = _config('csv', _write_table(root.full_path, 'csv', rows), text_column='review', label_column='stars')
+    with self.assertRaisesRegex(ValueError, ":7: label '²'"):
+      data_lib.build(cfg, task='classification', seed=0, tokenizer_dir=self.create_tempdir().full_path)
+    cfg.label_column = ''
+    with self.assertRaisesRegex(ValueError, 'data.label_column is empty'):
+      data_lib.build(cfg, task='classification', seed=0, tokenizer_dir=self.create_tempdir().full_path)
+    cfg.text_column = ''
+    with self.assertRaisesRegex(ValueError, 'data.text_column is empty'):
+      data_lib.build(cfg, task='lm', seed=0, tokenizer_dir=self.create_tempdir().full_path)
+    root.create_file('short.csv', content='stars,review\n1,fine\n2\n')
+    cfg = _config('csv', os.path.join(root.full_path, 'short.csv'), text_column='review')
+    with self.assertRaisesRegex(ValueError, r"short.csv:3: the row has no field for column\(s\) \['review'\]"):
+      data_lib.build(cfg, task='lm', seed=0, tokenizer_dir=self.create_tempdir().full_path)
     root.create_file('broken.jsonl', content='{"review": "a", "stars": 1}\n{"review": \n')
     cfg = _config('jsonl', os.path.join(root.full_path, 'broken.jsonl'), text_column='review', label_column='stars')
     with self.assertRaisesRegex(ValueError, 'broken.jsonl:2: not a JSON object'):

@@ -132,6 +132,13 @@ class DataTest(chex.TestCase):
     self.assertEqual(first(7), first(7))
     self.assertNotEqual(first(7), first(8))
 
+  def test_seeds_do_not_replay_each_others_epochs(self):
+    # grain's shuffle seeds epoch e with seed + e: seed 7's second epoch was seed 8's first.
+    def epoch(seed, number):
+      it = _data(seed).train_iterator(4)
+      return sum(_order([next(it) for _ in range(9 * (number + 1))][9 * number:]), ())
+    self.assertNotEqual(epoch(7, 1), epoch(8, 0))
+
   def test_resume_mid_epoch_yields_the_same_batches(self):
     rng = np.random.default_rng(4)
     tokens, ends = packing.pack([_random_docs(rng, 50)], 3, vocab_size=262)
@@ -148,6 +155,12 @@ class DataTest(chex.TestCase):
     for a, b in zip(want, [next(resumed) for _ in range(steps)]):
       chex.assert_trees_all_equal(a, b)
     self.assertGreater(sum(b['weights'].sum() for b in want), 0)
+    with mock.patch.object(jax, 'process_count', return_value=2), \
+         mock.patch.object(jax, 'process_index', return_value=1):
+      second_half = _data(seed=9, task='mlm', rows=rows).train_iterator(6)
+      second_half.set_state(state)
+      for a, b in zip(want, [next(second_half) for _ in range(steps)]):
+        chex.assert_trees_all_equal(jax.tree.map(lambda x: x[3:], a), b)
 
   def test_eval_covers_split_once_with_zero_weight_filler(self):
     data = _data(seed=1)
@@ -181,8 +194,12 @@ class DataTest(chex.TestCase):
     data = _data(seed=0)
     with self.assertRaisesRegex(ValueError, 'exceeds the 37 training examples'):
       data.train_iterator(64)
+    with self.assertRaisesRegex(ValueError, 'exceeds the 37 training examples'):
+      data.steps_per_epoch(64)   # not 0 steps, which would make a run of 0 steps
     with mock.patch.object(jax, 'process_count', return_value=2):
       with self.assertRaisesRegex(ValueError, 'divisible by the process count 2'):
         data.steps_per_epoch(5)
     with self.assertRaisesRegex(ValueError, "Unknown split 'test'"):
       data.num_examples('test')
+    with self.assertRaisesRegex(ValueError, 'config.seed=-1 must be >= 0'):
+      _data(seed=-1)

@@ -2,6 +2,7 @@
 
 import os
 import unicodedata
+from unittest import mock
 
 import chex
 import numpy as np
@@ -79,6 +80,13 @@ class SentencePieceTest(chex.TestCase):
     with self.assertRaisesRegex(ValueError, "data.tokenizer='chars'; allowed: sentencepiece, wordpiece, bytes"):
       tokenizers.get(cfg, directory, no_training)
 
+  def test_training_does_not_depend_on_the_machine(self):
+    models = []
+    for cores in (1, 4):
+      with mock.patch.object(os, 'cpu_count', return_value=cores):
+        models.append(tokenizers.SentencePieceTokenizer.train(self.corpus, vocab_size=500)._proto)
+    self.assertEqual(models[0], models[1])
+
   def test_too_small_vocab_is_a_clear_error(self):
     with self.assertRaisesRegex(ValueError, 'data.vocab_size=100'):
       tokenizers.SentencePieceTokenizer.train(self.corpus, vocab_size=100)
@@ -151,3 +159,6 @@ class WordPieceTest(chex.TestCase):
       wordpiece.WordPieceTokenizer.from_vocab_file('', lowercase=True)
     with self.assertRaises(FileNotFoundError):
       wordpiece.WordPieceTokenizer.from_vocab_file(os.path.join(directory, 'nope.txt'), lowercase=True)
+    with mock.patch.dict(os.environ, {'HOME': directory}):
+      self.assertEqual(wordpiece.WordPieceTokenizer.from_vocab_file('~/vocab.txt', lowercase=True).vocab_size,
+                       len(self.vocab))

@@ -150,6 +150,16 @@ class TrainLoopTest(chex.TestCase):
     with self.assertRaisesRegex(ValueError, r'model\.d_model: 32 -> 64'):
       train.train_and_evaluate(other, workdir)
 
+  def test_labels_beyond_num_classes_are_refused(self):
+    tmp = self.create_tempdir()
+    reviews = tmp.create_file('reviews.jsonl', content='\n'.join(
+        json.dumps({'text': f'review number {i}', 'label': i % 3}) for i in range(40)))
+    config = tiny_recall_config()
+    config.data.name, config.data.paths, config.data.tokenizer = 'jsonl', reviews.full_path, 'bytes'
+    config.model.task = 'classification'
+    with self.assertRaisesRegex(ValueError, r'labels 0\.\.2, more than config\.model\.num_classes=2'):
+      train.build(config, os.path.join(tmp.full_path, 'run'), train.make_mesh())
+
   def test_batch_size_must_divide_device_count(self):
     with self.assertRaisesRegex(ValueError, r'config\.train\.batch_size=15 must divide by the device count \(2\)'):
       train.train_and_evaluate(tiny_recall_config(batch_size=15), self.create_tempdir().full_path)

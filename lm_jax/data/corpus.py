@@ -20,7 +20,8 @@ import numpy as np
 
 # The validation carve must not depend on config.seed: every run of a dataset is validated on the same documents.
 _CARVE_SEED = 20240601
-_CONTROL = re.compile(r'[\x00-\x08\x0e-\x1f\x7f\ufeff]')
+# C0 and C1 controls (U+0085 is a line break: it counts as whitespace) and the byte order mark.
+_CONTROL = re.compile(r'[\x00-\x08\x0e-\x1f\x7f-\x84\x86-\x9f\ufeff]')
 _ODD_SPACE = re.compile(r'[^\S\n ]')   # whitespace other than '\n' and ' '
 _SURROGATE = re.compile(r'[\ud800-\udfff]')
 
@@ -125,6 +126,13 @@ def carve_validation(view: View, fraction: float) -> tuple[View, View | None]:
   held_out = np.zeros(n, bool)
   held_out[np.random.default_rng(_CARVE_SEED).permutation(n)[:n_val]] = True
   return View(view.docs, view.indices[~held_out]), View(view.docs, view.indices[held_out])
+
+
+def train_and_validation(docs: Documents, data_config) -> dict[str, tuple[View, ...]]:
+  """{'train': ..., 'validation': ...} views of the first data.max_documents of `docs`, data.validation_fraction
+  of them carved out as validation (no 'validation' when the fraction is 0)."""
+  train, validation = carve_validation(View.all(docs, data_config.max_documents), data_config.validation_fraction)
+  return {'train': (train,)} if validation is None else {'train': (train,), 'validation': (validation,)}
 
 
 def read_chunks(views: Sequence[View], stats: TextStats, chunk_size: int = 4096

@@ -38,13 +38,10 @@ def read_corpus(data_config, task: str) -> corpus_lib.Corpus:
     raise ValueError('data.use_unsupervised adds unlabelled reviews: it is for lm/mlm, not classification.')
   splits = ('train', 'test') + (('unsupervised',) if unsupervised else ())
   docs = {s: _Reviews(d) for s, d in tfds_source.open_splits(data_config, splits, download_host=_DOWNLOAD_HOST).items()}
-  limit = data_config.max_documents
-  train, validation = corpus_lib.carve_validation(corpus_lib.View.all(docs['train'], limit),
-                                                  data_config.validation_fraction)
-  views = {'train': (train,) + ((corpus_lib.View.all(docs['unsupervised'], limit),) if unsupervised else ())}
-  if validation is not None:
-    views['validation'] = (validation,)
-  views['test'] = (corpus_lib.View.all(docs['test'], limit),)
+  views = corpus_lib.train_and_validation(docs['train'], data_config)
+  if unsupervised:
+    views['train'] += (corpus_lib.View.all(docs['unsupervised'], data_config.max_documents),)
+  views['test'] = (corpus_lib.View.all(docs['test'], data_config.max_documents),)
   return corpus_lib.Corpus(views, labelled=True)
 
 

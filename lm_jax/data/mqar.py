@@ -17,7 +17,8 @@ data.max_len = 10, pairs k1→v2 and k3→v0, queries at positions 6 and 8:
 
 Keys within an example are distinct and in random order, values are drawn with replacement, and the queried keys
 are distinct. 'train' (data.mqar.num_train examples) and 'validation' (num_eval) come from separate random streams
-seeded by (config.seed, split), so the same seed gives the same examples on every machine.
+seeded by [config.seed, 0, split] (tag 0 of pipeline.py's streams), so the same seed gives the same examples on
+every machine.
 """
 
 import numpy as np
@@ -83,7 +84,7 @@ def build(data_config, *, task: str, seed: int, tokenizer_dir: str) -> pipeline.
   def split(num_examples: int, stream: int):
     return lambda: packing.ArrayRows(generate(
         num_examples, vocab_size=data_config.vocab_size, length=data_config.max_len, num_pairs=cfg.num_pairs,
-        num_queries=cfg.num_queries, rng=np.random.default_rng([seed, stream])))
+        num_queries=cfg.num_queries, rng=np.random.default_rng([seed, 0, stream])))
 
   return pipeline.Data(tok, {'train': split(cfg.num_train, 0), 'validation': split(cfg.num_eval, 1)},
                        task='lm', seed=seed)

@@ -1,11 +1,16 @@
-"""The data object the trainer uses: tokenized splits as rows, batched and shuffled with grain.
+"""The data object the trainer uses: tokenized splits as rows, shuffled per epoch and batched through grain.
 
-Training order: grain shuffles the row indices with config.seed, reshuffled per epoch (seed folded with the epoch),
-batches them (the remainder of each epoch is dropped) and repeats forever; each process builds only its share of
-the global batch. The iterator is grain's, so `get_state()` / `set_state()` resume at exactly the next batch.
-MLM masks are drawn per global batch from (seed, batch index): resumed runs and any process count see the same
-masks. Evaluation visits a split in its stored order; the last batch is filled up with copies of row 0 whose
-weights are 0, so every batch has the same shape.
+Training order: each epoch visits the rows in a fresh permutation drawn from (config.seed, epoch), cut into
+global batches (the remainder of each epoch is dropped), forever; each process builds only its share of every global
+batch. The iterator is grain's over the global batch index, so `get_state()` / `set_state()` resume at exactly the
+next batch. MLM masks are drawn per global batch from (seed, batch index): resumed runs and any process count see
+the same masks. Evaluation visits a split in its stored order; the last batch is filled up with copies of row 0
+whose weights are 0, so every batch has the same shape.
+
+Random streams are keyed [seed, tag, index] with one tag per purpose: numpy pads keys with zeros ([s] draws what
+[s, 0, 0] draws), so keys of one length and distinct tags keep purposes apart; tag 0 is left to sources that generate
+examples (mqar). The permutation is numpy's, not grain's `shuffle`: that one permutes index by index in Python (95%
+of the batch time) and seeds epoch e with seed + e, so a run with seed s + 1 would replay the epochs of seed s.
 
 Splits are tokenized on first use and kept in memory (classification: an int32 [N, T] array; lm/mlm: one packed
 token stream, 2 bytes per token when the vocabulary fits uint16).
@@ -28,6 +33,13 @@ from lm_jax.data import tokenizers
 TASKS = ('classification', 'lm', 'mlm')
 # Enough to overlap batch assembly with the train step without holding many batches in memory.
 _READ_OPTIONS = grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)
+_ORDER, _TRAIN_MASKS, _EVAL_MASKS = 1, 2, 3   # stream tags; eval split i uses _EVAL_MASKS + i
+
+
+@functools.lru_cache(maxsize=2)   # the current epoch, and the next while prefetching across the boundary
+def _epoch_order(seed: int, num_rows: int, epoch: int) -> np.ndarray:
+  """The permutation of the training rows that epoch `epoch` visits."""
+  return np.random.default_rng([seed, _ORDER, epoch]).permutation(num_rows)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +56,8 @@ class Data:
                mlm_probability: float = 0.15, stats: dict[str, corpus_lib.TextStats] | None = None):
     if 'train' not in splits:
       raise ValueError(f'Data needs a train split, got {list(splits)}.')
+    if seed < 0:
+      raise ValueError(f'config.seed={seed} must be >= 0: it keys numpy random streams.')
     self.tokenizer = tokenizer
     self.task = task
     self.eval_splits = tuple(s for s in splits if s != 'train')
@@ -71,9 +85,19 @@ class Data:
   def num_examples(self, split: str) -> int:
     return len(self.rows(split))
 
+  def num_labels(self) -> int:
+    """1 + the largest class label in any split (classification), to check against model.num_classes."""
+    if self.task != 'classification':
+      raise ValueError(f'num_labels() is for classification data, not {self.task!r}.')
+    return 1 + max(int(self.rows(split).arrays['label'].max(initial=-1)) for split in self._make)
+
   def steps_per_epoch(self, batch_size: int) -> int:
+    """Training batches per epoch; the remainder of each epoch is dropped."""
     self._local_rows(batch_size)
-    return self.num_examples('train') // batch_size
+    num_rows = self.num_examples('train')
+    if num_rows < batch_size:
+      raise ValueError(f'Batch size {batch_size} exceeds the {num_rows} training examples.')
+    return num_rows // batch_size
 
   def _local_rows(self, batch_size: int) -> slice:
     """This process's rows of a global batch."""
@@ -92,24 +116,24 @@ class Data:
     batch['weights'] = weights * real.reshape(-1, *[1] * (weights.ndim - 1)).astype(np.float32)
     return batch
 
-  def _train_batch(self, rows, global_batch: int, local: slice, step: int, idx_B: np.ndarray):
-    idx = idx_B[local]
-    return self._batch(rows, idx, np.ones(len(idx), bool), [self._seed, 0, step], global_batch, local)
+  def _train_batch(self, rows, global_batch: int, local: slice, steps_per_epoch: int, step: int, k: int):
+    """Global batch `step`, the k-th of its epoch."""
+    order = _epoch_order(self._seed, len(rows), step // steps_per_epoch)
+    idx = order[k * global_batch:(k + 1) * global_batch][local]
+    return self._batch(rows, idx, np.ones(len(idx), bool), [self._seed, _TRAIN_MASKS, step], global_batch, local)
 
   def train_iterator(self, batch_size: int) -> grain.DatasetIterator:
     """Infinite iterator of this process's share of each global training batch; see the module docstring."""
     local = self._local_rows(batch_size)
-    rows = self.rows('train')
-    if len(rows) < batch_size:
-      raise ValueError(f'Batch size {batch_size} exceeds the {len(rows)} training examples.')
-    ds = grain.MapDataset.range(len(rows)).shuffle(seed=self._seed)
-    ds = ds.batch(batch_size, drop_remainder=True).repeat()
-    ds = ds.map_with_index(functools.partial(self._train_batch, rows, batch_size, local))
+    steps = self.steps_per_epoch(batch_size)
+    ds = grain.MapDataset.range(steps).repeat()
+    ds = ds.map_with_index(functools.partial(self._train_batch, self.rows('train'), batch_size, local, steps))
     return iter(ds.to_iter_dataset(_READ_OPTIONS))
 
   def _eval_batch(self, rows, split_no: int, global_batch: int, local: slice, k: int):
     idx = k * global_batch + np.arange(local.start, local.stop)
-    return self._batch(rows, idx, idx < len(rows), [self._seed, 1 + split_no, k], global_batch, local)
+    mask_key = [self._seed, _EVAL_MASKS + split_no, k]
+    return self._batch(rows, idx, idx < len(rows), mask_key, global_batch, local)
 
   def eval_batches(self, split: str, batch_size: int) -> grain.IterDataset:
     """Finite iterable over `split` in its stored order; every batch full, filler rows weighted 0."""

@@ -7,7 +7,7 @@ data.paths is a glob, or several separated by commas ('~' and '**' work); files 
   jsonl       one JSON object per line with those keys; blank lines are skipped.
 Labels are non-negative integers (0, 1, ... or their decimal strings). 'validation' is data.validation_fraction
 of the documents (rows), carved with a fixed seed; data.max_documents caps the documents read. Bytes that are not
-UTF-8 become U+FFFD and are counted, never an error.
+UTF-8 become U+FFFD and are counted, never an error; a byte order mark starting a csv or jsonl file is skipped.
 """
 
 import csv
@@ -37,11 +37,17 @@ def expand_paths(paths: str) -> list[str]:
 
 
 def _label(value, where: str) -> int:
-  if isinstance(value, str) and value.strip().isdigit():
+  if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():   # '²'.isdigit() too
     return int(value)
   if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
     return value
   raise ValueError(f'{where}: label {value!r} (data.label_column) is not a non-negative integer.')
+
+
+def _columns(text_column: str, label_column: str | None) -> tuple[str, ...]:
+  if not text_column:
+    raise ValueError('data.text_column is empty: name the csv column / jsonl key that holds the text.')
+  return (text_column, label_column) if label_column else (text_column,)
 
 
 def _read_txt(path: str) -> list[bytes]:
@@ -51,23 +57,30 @@ def _read_txt(path: str) -> list[bytes]:
 
 def _read_csv(path: str, text_column: str, label_column: str | None) -> tuple[list[str], list[int]]:
   csv.field_size_limit(1 << 30)   # the default (128 KiB) rejects long documents
+  columns = _columns(text_column, label_column)
   texts, labels = [], []
+  # utf-8-sig: spreadsheet programs start their csv with a byte order mark, which would rename the first column.
   # surrogateescape keeps bad bytes readable; clean_text turns them into U+FFFD and counts them.
-  with open(path, newline='', encoding='utf-8', errors='surrogateescape') as f:
+  with open(path, newline='', encoding='utf-8-sig', errors='surrogateescape') as f:
     reader = csv.DictReader(f)
-    for column in filter(None, (text_column, label_column)):
+    for column in columns:
       if column not in (reader.fieldnames or ()):
         raise ValueError(f'{path}: no column {column!r}; the header has {reader.fieldnames}.')
     for row in reader:
+      where = f'{path}:{reader.line_num}'
+      missing = [column for column in columns if row[column] is None]   # DictReader's filler for short rows
+      if missing:
+        raise ValueError(f'{where}: the row has no field for column(s) {missing}; the header has {reader.fieldnames}.')
       texts.append(row[text_column])
       if label_column:
-        labels.append(_label(row[label_column], f'{path}:{reader.line_num}'))
+        labels.append(_label(row[label_column], where))
   return texts, labels
 
 
 def _read_jsonl(path: str, text_column: str, label_column: str | None) -> tuple[list[str], list[int]]:
+  columns = _columns(text_column, label_column)
   texts, labels = [], []
-  with open(path, encoding='utf-8', errors='surrogateescape') as f:
+  with open(path, encoding='utf-8-sig', errors='surrogateescape') as f:
     for line_no, line in enumerate(f, 1):
       if not line.strip():
         continue
@@ -76,7 +89,7 @@ def _read_jsonl(path: str, text_column: str, label_column: str | None) -> tuple[
         record = json.loads(line)
       except json.JSONDecodeError as e:
         raise ValueError(f'{where}: not a JSON object ({e}).') from e
-      for key in filter(None, (text_column, label_column)):
+      for key in columns:
         if not isinstance(record, dict) or key not in record:
           raise ValueError(f'{where}: no key {key!r} in {str(record)[:200]}.')
       if not isinstance(record[text_column], str):
@@ -87,29 +100,25 @@ def _read_jsonl(path: str, text_column: str, label_column: str | None) -> tuple[
   return texts, labels
 
 
-def _carved(docs: corpus_lib.Documents, data_config, labelled: bool) -> corpus_lib.Corpus:
-  train, validation = corpus_lib.carve_validation(corpus_lib.View.all(docs, data_config.max_documents),
-                                                  data_config.validation_fraction)
-  views = {'train': (train,)} if validation is None else {'train': (train,), 'validation': (validation,)}
-  return corpus_lib.Corpus(views, labelled=labelled)
-
-
 def read_text_files(data_config, task: str) -> corpus_lib.Corpus:
   del task
   texts = [doc for path in expand_paths(data_config.paths) for doc in _read_txt(path)]
-  return _carved(corpus_lib.InMemoryDocuments(texts), data_config, labelled=False)
+  return corpus_lib.Corpus(corpus_lib.train_and_validation(corpus_lib.InMemoryDocuments(texts), data_config),
+                           labelled=False)
 
 
 def _table_reader(read_file):
   def read_corpus(data_config, task: str) -> corpus_lib.Corpus:
     label_column = data_config.label_column if task == 'classification' else None
+    if label_column == '':
+      raise ValueError('data.label_column is empty: classification needs the csv column / jsonl key of the labels.')
     texts, labels = [], []
     for path in expand_paths(data_config.paths):
       file_texts, file_labels = read_file(path, data_config.text_column, label_column)
       texts += file_texts
       labels += file_labels
     docs = corpus_lib.InMemoryDocuments(texts, labels if label_column else None)
-    return _carved(docs, data_config, labelled=label_column is not None)
+    return corpus_lib.Corpus(corpus_lib.train_and_validation(docs, data_config), labelled=label_column is not None)
   return read_corpus
 
 

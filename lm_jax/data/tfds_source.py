@@ -76,7 +76,9 @@ def open_splits(data_config, splits: tuple[str, ...], *, download_host: tuple[st
   prepare_needs: packages the builder's preparation imports, named in the error when one is missing.
   """
   name = data_config.tfds_name
-  builder = tfds.builder(name, data_dir=data_config.tfds_data_dir or None, file_format='array_record')
+  # TFDS takes '~' literally (and would prepare into ./~/); data.paths and the shell expand it, so expand it here too.
+  data_dir = os.path.expanduser(data_config.tfds_data_dir) or None
+  builder = tfds.builder(name, data_dir=data_dir, file_format='array_record')
   if not builder.is_prepared():
     if not data_config.download:
       raise _not_there(name, builder, data_config, 'data.download=False', prepare_needs)

@@ -33,6 +33,9 @@ from lm_jax.data import wordpiece
 
 SPECIAL_PIECES = ('<pad>', '<unk>', '<s>', '</s>', '<cls>', '<mask>')
 _MAX_TRAIN_CHARS = 1 << 14   # per document for sentencepiece training, within its 64 KiB sentence limit
+# SentencePiece's trained model depends on its thread count (each thread sums the statistics of its share of the
+# sentences): a fixed count gives every machine the same model from the same texts.
+_TRAIN_THREADS = 16
 
 
 class _FixedSpecials:
@@ -64,7 +67,7 @@ class SentencePieceTokenizer(_FixedSpecials):
           sentence_iterator=iter([t[:_MAX_TRAIN_CHARS] for t in texts]), model_writer=model,
           vocab_size=vocab_size, model_type='unigram', pad_id=0, unk_id=1, bos_id=2, eos_id=3,
           control_symbols=list(SPECIAL_PIECES[4:]), byte_fallback=True, hard_vocab_limit=False,
-          max_sentence_length=4 * _MAX_TRAIN_CHARS, num_threads=os.cpu_count() or 1, minloglevel=2)
+          max_sentence_length=4 * _MAX_TRAIN_CHARS, num_threads=_TRAIN_THREADS, minloglevel=2)
     except RuntimeError as e:
       raise ValueError(f'SentencePiece training with data.vocab_size={vocab_size} failed: {e}') from e
     tok = cls(model.getvalue())

@@ -31,10 +31,7 @@ def read_corpus(data_config, task: str) -> corpus_lib.Corpus:
   docs = tfds_source.open_splits(data_config, ('train',),
                                  download_host=_MIRROR if date > _LAST_OLD_DATE else _OLD_MIRROR,
                                  prepare_needs='apache-beam, mwparserfromhell and mwxml')['train']
-  train, validation = corpus_lib.carve_validation(corpus_lib.View.all(docs, data_config.max_documents),
-                                                  data_config.validation_fraction)
-  views = {'train': (train,)} if validation is None else {'train': (train,), 'validation': (validation,)}
-  return corpus_lib.Corpus(views, labelled=False)
+  return corpus_lib.Corpus(corpus_lib.train_and_validation(docs, data_config), labelled=False)
 
 
 SOURCE = pipeline.corpus_source(('lm', 'mlm'), read_corpus)

@@ -60,9 +60,9 @@ class WordPieceTokenizer:
   def from_vocab_file(cls, path: str, lowercase: bool) -> 'WordPieceTokenizer':
     if not path:
       raise ValueError('data.tokenizer=wordpiece needs data.wordpiece_vocab: the path to a BERT vocab.txt.')
-    if not os.path.exists(path):
+    if not os.path.exists(os.path.expanduser(path)):
       raise FileNotFoundError(f'data.wordpiece_vocab={path!r} does not exist.')
-    with open(path, encoding='utf-8') as f:
+    with open(os.path.expanduser(path), encoding='utf-8') as f:
       return cls([line.rstrip('\r\n') for line in f], lowercase)
 
   @classmethod

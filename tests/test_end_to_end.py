@@ -1,0 +1,78 @@
+"""The README's main command on IMDB, offline: the real imdb_reviews builder prepared from a generated archive."""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from unittest import mock
+
+import chex
+import tensorflow_datasets as tfds
+
+from experiments import base
+from lm_jax import data as data_lib
+from lm_jax.data import tfds_source
+from test_data_imdb import _write_archive  # the generated aclImdb_v1.tar.gz
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def main_command(workdir, data_dir, *extra):
+  """`python -m lm_jax.main --config experiments/imdb.py:local`, shrunk to a few steps of a tiny model."""
+  overrides = {'data.tfds_data_dir': data_dir, 'data.download': False, 'data.vocab_size': 300, 'data.max_len': 64,
+               'model.num_layers': 1, 'model.d_model': 32, 'model.num_heads': 2, 'model.mlp_dim': 64,
+               'train.num_steps': 6, 'train.log_every_steps': 2, 'train.eval_every_steps': 3,
+               'train.checkpoint_every_steps': 3, 'train.eval_batch_size': 16}
+  args = [f'--config.{key}={value}' for key, value in overrides.items()]
+  return subprocess.run([sys.executable, '-m', 'lm_jax.main', '--config', 'experiments/imdb.py:local', '--workdir',
+                         workdir, *args, *extra], cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+class ImdbMainCommandTest(chex.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.tmp = tempfile.TemporaryDirectory()
+    archive = os.path.join(cls.tmp.name, 'aclImdb_v1.tar.gz')
+    _write_archive(archive)
+    cls.data_dir = os.path.join(cls.tmp.name, 'tfds')
+    # Prepare as a machine with network would: TFDS "downloads" the local archive.
+    data_config = base.get_config().data
+    data_config.tfds_data_dir, data_config.vocab_size = cls.data_dir, 300
+    with mock.patch.object(tfds.download.DownloadManager, 'download', lambda self, url: archive), \
+         mock.patch.object(tfds_source, 'reachable', return_value=True):
+      data_lib.build(data_config, task='classification', seed=0, tokenizer_dir=os.path.join(cls.tmp.name, 'tok'))
+
+  @classmethod
+  def tearDownClass(cls):
+    cls.tmp.cleanup()
+    super().tearDownClass()
+
+  def test_trains_resumes_and_evaluates(self):
+    workdir = os.path.join(self.tmp.name, 'run')
+    first = main_command(workdir, self.data_dir)
+    self.assertEqual(first.returncode, 0, first.stderr[-3000:])
+    self.assertIn('step 6/6 | loss', first.stderr)
+    with open(os.path.join(workdir, 'results.json')) as f:
+      results = json.load(f)
+    self.assertEqual(set(results), {'step', 'validation', 'test'})
+    for split in ('validation', 'test'):
+      self.assertBetween(results[split]['accuracy'], 0.0, 1.0)
+
+    again = main_command(workdir, self.data_dir)  # a finished run is not retrained
+    self.assertEqual(again.returncode, 0, again.stderr[-3000:])
+    self.assertIn('is finished', again.stderr)
+    self.assertNotIn('step 2/6', again.stderr)
+
+    evaluated = main_command(workdir, self.data_dir, '--mode=evaluate')
+    self.assertEqual(evaluated.returncode, 0, evaluated.stderr[-3000:])
+    self.assertEqual(json.loads(evaluated.stdout), results)
+
+  def test_missing_data_fails_fast_with_what_to_do(self):
+    result = main_command(os.path.join(self.tmp.name, 'offline'), os.path.join(self.tmp.name, 'empty'))
+    self.assertNotEqual(result.returncode, 0)
+    self.assertIn('is not prepared in', result.stderr)
+    self.assertIn('data.tfds_data_dir', result.stderr)
+    self.assertNotIn('Traceback', result.stderr)
