@@ -5,7 +5,9 @@
 
 Synthetic and offline (see lm_jax/data/mqar.py for a worked example): the research task for transformer-vs-RNN
 comparisons. A 2-layer decoder learns it to high accuracy in a few minutes on 2 CPU cores. lr 3e-3: at 1e-3 (with
-d_model 64) a run was still at 17% query accuracy after 1250 steps.
+d_model 64) a run was still at 17% query accuracy after 1250 steps. Measured here (2 CPU cores, seed 12345): 99.8%
+validation accuracy after the 2500 steps with the relative-position bias; without it, runs varied widely (one at
+99.9% after 3000 steps, another at 43% at step 2000).
 """
 
 from experiments import base
@@ -25,6 +27,7 @@ def get_config(variant: str = ''):
   c.model.d_model = 128
   c.model.num_heads = 2
   c.model.mlp_dim = 256
+  c.model.attention_bias = 'relative'   # offset-aware bias b: previous-token heads, and so recall, form early
   c.model.dropout = 0.0
   c.optim.learning_rate = 3e-3
   c.optim.warmup_steps = 100
