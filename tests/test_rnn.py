@@ -1,5 +1,5 @@
-"""RNN family (Elman, LSTM, GRU): shapes, jit, a float64 reference, padding invariance, causality and document
-resets by gradient, closed-form parameter counts, cached decoding, bf16, config errors."""
+"""RNN family (Elman, LSTM, GRU): a float64 reference, padding invariance, jit == eager, dropout, causality and
+document resets by gradient, closed-form parameter counts, cached decoding, bf16, config errors."""
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -90,17 +90,17 @@ def cell_count(cell, inputs, hidden):
 
 class RNNTest(chex.TestCase):
 
-  @parameterized.named_parameters(*EVERY_MODEL)
-  def test_shapes_finite_and_jit_matches_eager(self, name, task):
-    module = models.get_model(model_config(name=name, task=task, num_layers=2), vocab_size=VOCAB, max_len=MAX_LEN)
-    params = jax.jit(module.init)(jax.random.key(0), jnp.ones((1, MAX_LEN), jnp.int32))['params']
+  def test_jit_matches_eager_and_dropout_acts_only_in_training(self):
+    module, params = build(name='lstm', task='classification', num_layers=2)
     inputs = random_ids(1, (2, 10), lengths=[10, 6])
-    apply = lambda p, x: module.apply({'params': p}, x)
-    eager, jitted = apply(params, inputs), jax.jit(apply)(params, inputs)
-    chex.assert_shape([eager, jitted], (2, 2) if task == 'classification' else (2, 10, VOCAB))
-    chex.assert_tree_all_finite(jitted)
-    self.assertEqual(jitted.dtype, jnp.float32)
+    eager = module.apply({'params': params}, inputs)
+    jitted = jax.jit(lambda x: module.apply({'params': params}, x))(inputs)
     chex.assert_trees_all_close(eager, jitted, atol=1e-5, rtol=1e-5)
+    train = jax.jit(lambda x, key: module.apply({'params': params}, x, train=True, rngs={'dropout': key}))
+    dropped, dropped_again, other_key = (train(inputs, jax.random.key(k)) for k in (3, 3, 4))
+    self.assertGreater(float(jnp.abs(dropped - jitted).max()), 1e-3)
+    self.assertGreater(float(jnp.abs(dropped - other_key).max()), 1e-3)
+    np.testing.assert_array_equal(dropped, dropped_again)
 
   def test_elman_classifier_matches_float64_reference(self):
     module, params = build(name='rnn', task='classification', num_layers=2, pooling='cls')
@@ -118,6 +118,8 @@ class RNNTest(chex.TestCase):
     inputs = random_ids(3, (3, 8), lengths=[8, 5, 2])
     apply = jax.jit(lambda x: module.apply({'params': params}, x))
     logits = apply(inputs)
+    chex.assert_shape(logits, (3, 2))
+    self.assertEqual(logits.dtype, jnp.float32)
     chex.assert_trees_all_close(apply(jnp.pad(inputs, ((0, 0), (0, 6)))), logits, atol=1e-5)
     # Changing a real token does change the logits, so the comparison above is not vacuous.
     self.assertGreater(float(jnp.abs(apply(inputs.at[:, 0].set(inputs[:, 0] % (VOCAB - 1) + 1)) - logits).max()),
@@ -137,6 +139,9 @@ class RNNTest(chex.TestCase):
     # The second document, packed after the first, gives the logits it gives alone at the start of a row.
     apply = jax.jit(lambda x, s, p: module.apply({'params': params}, x, segment_ids=s, positions=p))
     packed = apply(inputs, segment_ids, positions)
+    chex.assert_shape(packed, (2, 8, VOCAB))
+    self.assertEqual(packed.dtype, jnp.float32)
+    chex.assert_tree_all_finite(packed)
     alone_ids = jnp.pad(inputs[:, 3:7], ((0, 0), (0, 4)))
     alone = apply(alone_ids, (alone_ids > 0).astype(jnp.int32), jnp.array([[0, 1, 2, 3, 0, 0, 0, 0]] * 2))
     chex.assert_trees_all_close(packed[:, 3:7], alone[:, :4], atol=1e-5)

@@ -17,6 +17,7 @@ import jax
 
 from lm_jax.models import rnn, transformer
 from lm_jax.models.generate import generate
+from lm_jax.models.layers import check_choice
 
 MODELS = {
     'transformer': transformer.build,
@@ -30,7 +31,7 @@ __all__ = ['MODELS', 'count_params', 'generate', 'get_model']
 
 def get_model(model_config, *, vocab_size: int, max_len: int) -> nn.Module:
   """The module named by `model_config.name` for `model_config.task`; unknown values raise ValueError."""
-  transformer.check_choice('model.name', model_config.name, tuple(MODELS))
+  check_choice('model.name', model_config.name, tuple(MODELS))
   return MODELS[model_config.name](model_config, vocab_size=vocab_size, max_len=max_len)
 
 

@@ -15,7 +15,7 @@ from flax.linen import dtypes
 import jax
 import jax.numpy as jnp
 
-from lm_jax.models.transformer import DTYPES, PAD_ID, POOLINGS, ClassifierHead, OutputHead, check_choice, mean_pool
+from lm_jax.models import layers
 
 TASKS = ('classification', 'lm')
 
@@ -63,13 +63,14 @@ class RNNConfig:
   dtype: str = 'float32'
 
   def __post_init__(self):
-    check_choice('model.name', self.cell, tuple(CELLS))
-    check_choice('model.pooling', self.pooling, POOLINGS)
-    check_choice('model.dtype', self.dtype, tuple(DTYPES))
+    layers.check_choice('model.name', self.cell, tuple(CELLS))
+    layers.check_choice('model.pooling', self.pooling, layers.POOLINGS)
+    layers.check_choice('model.dtype', self.dtype, tuple(layers.DTYPES))
+    layers.check_dropout(self.dropout)
 
   @property
   def compute_dtype(self):
-    return DTYPES[self.dtype]
+    return layers.DTYPES[self.dtype]
 
 
 class _Step(nn.Module):
@@ -120,24 +121,24 @@ class RNN(nn.Module):
     recurrence = lambda reverse: Recurrence(cfg.cell, cfg.d_model, reverse=reverse, dtype=cfg.compute_dtype)
     self.forward = [recurrence(False) for _ in range(cfg.num_layers)]
     self.backward = [recurrence(True) for _ in range(cfg.num_layers if self.bidirectional else 0)]
-    self.dropout = nn.Dropout(cfg.dropout)
+    self.dropout = layers.Dropout(cfg.dropout)
 
   @nn.compact
   def __call__(self, inputs_BxT, *, train: bool, starts_BxT, decode: bool):
-    real_BxT = inputs_BxT != PAD_ID
+    real_BxT = inputs_BxT != layers.PAD_ID
     x_BxTxF = self.token_embed(inputs_BxT)
     # A zero 'perturbations' entry whose gradient is the gradient w.r.t. the embeddings (causality tests); made
     # only on request (`mutable=['perturbations']`), so `init` returns params alone.
     if not self.is_initializing():
       x_BxTxF = self.perturb('embedded', x_BxTxF)
-    x_BxTxF = self.dropout(x_BxTxF, deterministic=not train)
+    x_BxTxF = self.dropout(x_BxTxF, train=train)
     for i, forward in enumerate(self.forward):
       directions = [forward(x_BxTxF, real_BxT, starts_BxT, decode)]
       if self.bidirectional:
         directions.append(self.backward[i](x_BxTxF, real_BxT, starts_BxT, decode))
       x_BxTxF = jnp.concatenate(directions, axis=-1)
       if i + 1 < len(self.forward):
-        x_BxTxF = self.dropout(x_BxTxF, deterministic=not train)
+        x_BxTxF = self.dropout(x_BxTxF, train=train)
     return x_BxTxF
 
 
@@ -157,7 +158,7 @@ def document_starts(inputs_BxT, segment_ids_BxT=None, positions_BxT=None) -> jax
 
 def final_states(h_BxTxF, inputs_BxT, hidden: int) -> jax.Array:
   """'cls' pooling for RNNs: the forward output at the last real token (+ the backward output at token 0)."""
-  last_B = jnp.maximum((inputs_BxT != PAD_ID).sum(axis=1) - 1, 0)
+  last_B = jnp.maximum((inputs_BxT != layers.PAD_ID).sum(axis=1) - 1, 0)
   forward_BxH = jnp.take_along_axis(h_BxTxF[..., :hidden], last_B[:, None, None], axis=1)[:, 0]
   if h_BxTxF.shape[-1] == hidden:
     return forward_BxH
@@ -174,7 +175,7 @@ class RNNModel(nn.Module):
   task: str
 
   def __post_init__(self):
-    check_choice(f'model.task (model.name={self.config.cell!r})', self.task, TASKS)
+    layers.check_choice(f'model.task (model.name={self.config.cell!r})', self.task, TASKS)
     super().__post_init__()
 
   @property
@@ -195,11 +196,11 @@ class RNNModel(nn.Module):
     h_BxTxF = trunk(inputs_BxT, train=train, starts_BxT=document_starts(inputs_BxT, segment_ids, positions),
                     decode=decode)
     if is_lm:
-      return OutputHead(cfg.vocab_size, cfg.tie_embeddings, transform=False, dtype=cfg.compute_dtype,
-                        name='lm_head')(h_BxTxF, trunk.token_embed)
-    pooled_BxF = (mean_pool(h_BxTxF, inputs_BxT) if cfg.pooling == 'mean'
+      return layers.OutputHead(cfg.vocab_size, cfg.tie_embeddings, transform=False, dtype=cfg.compute_dtype,
+                               name='lm_head')(h_BxTxF, trunk.token_embed)
+    pooled_BxF = (layers.mean_pool(h_BxTxF, inputs_BxT) if cfg.pooling == 'mean'
                   else final_states(h_BxTxF, inputs_BxT, cfg.d_model))
-    return ClassifierHead(cfg.num_classes, cfg.dropout, cfg.compute_dtype, name='classifier_head')(
+    return layers.ClassifierHead(cfg.num_classes, cfg.dropout, cfg.compute_dtype, name='classifier_head')(
         pooled_BxF, train=train)
 
 

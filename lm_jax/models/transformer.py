@@ -1,15 +1,14 @@
 """Transformer encoder (BERT-style classifier, masked LM) and causal decoder (LM) as Flax linen modules.
 
 ids `[B, T]` (pad id 0) → embeddings (+ learned or sinusoidal positions) → num_layers × (self-attention + GELU MLP,
-pre-LN or post-LN) → a head under a top-level name containing 'head'. Attention is `lm_jax.attention` (or cuDNN's
-fused kernel); the additive bias b is none, a learned T5 relative-position bias per head, or ALiBi. Params are
-float32; `dtype` sets the compute dtype; logits come back float32.
+pre-LN or post-LN) → a head of `layers` under a top-level name containing 'head'. Attention is `lm_jax.attention`
+(or cuDNN's fused kernel); the additive bias b is none, a learned T5 relative-position bias per head, or ALiBi.
+Params are float32; `dtype` sets the compute dtype; logits are float32.
 """
 
 import dataclasses
 import functools
 import math
-from typing import Sequence
 
 import flax.linen as nn
 import jax
@@ -17,25 +16,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from lm_jax import attention
+from lm_jax.models import layers
 
 TASKS = ('classification', 'mlm', 'lm')
 ATTENTION_BIASES = ('none', 'relative', 'alibi')
 POSITIONS = ('learned', 'sinusoidal', 'none')
-POOLINGS = ('cls', 'mean')
 ATTENTIONS = ('dense', 'cudnn')
-DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
-PAD_ID = 0
 # T5's defaults: 32 buckets, exact up to 8 (bidirectional: per direction), logarithmic up to distance 128.
 RELATIVE_BUCKETS = 32
 RELATIVE_MAX_DISTANCE = 128
 
 _embed_init = nn.initializers.normal(stddev=0.02)
-
-
-def check_choice(key: str, value, allowed: Sequence) -> None:
-  """Raises ValueError naming the config key, the bad value and the allowed values."""
-  if value not in allowed:
-    raise ValueError(f'{key}={value!r} is not supported; allowed: {", ".join(map(repr, allowed))}.')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,11 +49,12 @@ class TransformerConfig:
   attention: str = 'dense'
 
   def __post_init__(self):
-    check_choice('model.attention_bias', self.attention_bias, ATTENTION_BIASES)
-    check_choice('model.positions', self.positions, POSITIONS)
-    check_choice('model.pooling', self.pooling, POOLINGS)
-    check_choice('model.dtype', self.dtype, tuple(DTYPES))
-    check_choice('model.attention', self.attention, ATTENTIONS)
+    layers.check_choice('model.attention_bias', self.attention_bias, ATTENTION_BIASES)
+    layers.check_choice('model.positions', self.positions, POSITIONS)
+    layers.check_choice('model.pooling', self.pooling, layers.POOLINGS)
+    layers.check_choice('model.dtype', self.dtype, tuple(layers.DTYPES))
+    layers.check_choice('model.attention', self.attention, ATTENTIONS)
+    layers.check_dropout(self.dropout)
     if self.d_model % self.num_heads:
       raise ValueError(f'model.d_model={self.d_model} must be divisible by model.num_heads={self.num_heads}.')
     if self.positions == 'sinusoidal' and self.d_model % 2:
@@ -77,7 +69,7 @@ class TransformerConfig:
 
   @property
   def compute_dtype(self):
-    return DTYPES[self.dtype]
+    return layers.DTYPES[self.dtype]
 
 
 def relative_position_bucket(relative_position, *, bidirectional: bool, num_buckets: int = RELATIVE_BUCKETS,
@@ -122,13 +114,6 @@ def sinusoidal_positions(positions_BxT: jax.Array, d_model: int) -> jax.Array:
   return jnp.concatenate([jnp.sin(angles_BxTxF), jnp.cos(angles_BxTxF)], axis=-1)
 
 
-def mean_pool(h_BxTxD: jax.Array, inputs_BxT: jax.Array) -> jax.Array:
-  """float32 mean over the non-pad positions; an all-pad row gives zeros."""
-  real_BxT = (inputs_BxT != PAD_ID).astype(jnp.float32)
-  total_BxD = jnp.einsum('btd,bt->bd', h_BxTxD.astype(jnp.float32), real_BxT)
-  return total_BxD / jnp.maximum(real_BxT.sum(axis=1, keepdims=True), 1.0)
-
-
 def _attend(q, k, v, *, bias, mask, implementation: str):
   if implementation == 'dense':
     return attention.dot_product_attention(q, k, v, bias=bias, mask=mask)
@@ -170,7 +155,7 @@ class Block(nn.Module):
     cfg = self.config
     dense = functools.partial(nn.Dense, dtype=cfg.compute_dtype, param_dtype=jnp.float32)
     norm = functools.partial(nn.LayerNorm, dtype=cfg.compute_dtype, param_dtype=jnp.float32)
-    dropout = functools.partial(nn.Dropout(cfg.dropout), deterministic=not train)
+    dropout = functools.partial(layers.Dropout(cfg.dropout), train=train)
 
     def attend(y):
       return SelfAttention(cfg, name='attention')(y, bias=bias, mask=mask, decode_index=decode_index)
@@ -204,7 +189,7 @@ class Transformer(nn.Module):
     self.layers = [Block(cfg) for _ in range(cfg.num_layers)]
     # Pre-LN normalizes the last block's output; post-LN (BERT) normalizes the embeddings instead.
     self.norm = nn.LayerNorm(dtype=cfg.compute_dtype, param_dtype=jnp.float32)
-    self.dropout = nn.Dropout(cfg.dropout)
+    self.dropout = layers.Dropout(cfg.dropout)
 
   @nn.compact
   def __call__(self, inputs_BxT, *, train: bool = False, segment_ids=None, positions=None, decode: bool = False):
@@ -231,7 +216,7 @@ class Transformer(nn.Module):
       x_BxTxD = self.perturb('embedded', x_BxTxD)
     if not cfg.pre_norm:
       x_BxTxD = self.norm(x_BxTxD)
-    x_BxTxD = self.dropout(x_BxTxD, deterministic=not train)
+    x_BxTxD = self.dropout(x_BxTxD, train=train)
 
     bias = self._attention_bias(q_pos_BxT, k_pos_BxS)
     for layer in self.layers:
@@ -272,43 +257,6 @@ class Transformer(nn.Module):
     return -slopes_H[None, :, None, None] * jnp.abs(relative_BxTxS)[:, None].astype(jnp.float32)
 
 
-class ClassifierHead(nn.Module):
-  """Pooled features `[B, F]` → dropout → float32 logits `[B, num_classes]`."""
-  num_classes: int
-  dropout: float
-  dtype: jnp.dtype
-
-  @nn.compact
-  def __call__(self, pooled_BxF, *, train: bool):
-    pooled_BxF = nn.Dropout(self.dropout)(pooled_BxF, deterministic=not train)
-    logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32, name='output')(pooled_BxF)
-    return logits.astype(jnp.float32)
-
-
-class OutputHead(nn.Module):
-  """Hidden `[B, T, D]` → float32 logits `[B, T, V]`: the tied token embedding (`attend`) plus a bias, or a Dense.
-
-  `transform` adds BERT's masked-LM transform (Dense, GELU, LayerNorm) first.
-  """
-  vocab_size: int
-  tie_embeddings: bool
-  transform: bool
-  dtype: jnp.dtype
-
-  @nn.compact
-  def __call__(self, h_BxTxD, token_embed: nn.Embed):
-    if self.transform:
-      h_BxTxD = nn.Dense(h_BxTxD.shape[-1], dtype=self.dtype, param_dtype=jnp.float32, name='transform')(h_BxTxD)
-      h_BxTxD = nn.LayerNorm(dtype=self.dtype, param_dtype=jnp.float32, name='transform_norm')(
-          nn.gelu(h_BxTxD, approximate=False))
-    if self.tie_embeddings:
-      logits_BxTxV = token_embed.attend(h_BxTxD) + self.param('bias', nn.initializers.zeros, (self.vocab_size,),
-                                                              jnp.float32)
-    else:
-      logits_BxTxV = nn.Dense(self.vocab_size, dtype=self.dtype, param_dtype=jnp.float32, name='output')(h_BxTxD)
-    return logits_BxTxV.astype(jnp.float32)
-
-
 class TransformerModel(nn.Module):
   """task 'classification' → {'encoder', 'classifier_head'}; 'mlm' → {'encoder', 'mlm_head'};
   'lm' → {'decoder', 'lm_head'}. ids int32 `[B, T]` → float32 `[B, num_classes]` or `[B, T, vocab_size]`.
@@ -317,7 +265,7 @@ class TransformerModel(nn.Module):
   task: str
 
   def __post_init__(self):
-    check_choice('model.task', self.task, TASKS)
+    layers.check_choice('model.task', self.task, TASKS)
     super().__post_init__()
 
   @property
@@ -333,11 +281,11 @@ class TransformerModel(nn.Module):
     h_BxTxD = trunk(inputs_BxT, train=train, segment_ids=segment_ids, positions=positions, decode=decode)
     if self.task == 'classification':
       # The data pipeline puts [CLS] at position 0.
-      pooled_BxD = h_BxTxD[:, 0] if cfg.pooling == 'cls' else mean_pool(h_BxTxD, inputs_BxT)
-      return ClassifierHead(cfg.num_classes, cfg.dropout, cfg.compute_dtype, name='classifier_head')(
+      pooled_BxD = h_BxTxD[:, 0] if cfg.pooling == 'cls' else layers.mean_pool(h_BxTxD, inputs_BxT)
+      return layers.ClassifierHead(cfg.num_classes, cfg.dropout, cfg.compute_dtype, name='classifier_head')(
           pooled_BxD, train=train)
-    return OutputHead(cfg.vocab_size, cfg.tie_embeddings, transform=self.task == 'mlm', dtype=cfg.compute_dtype,
-                      name=f'{self.task}_head')(h_BxTxD, trunk.token_embed)
+    return layers.OutputHead(cfg.vocab_size, cfg.tie_embeddings, transform=self.task == 'mlm',
+                             dtype=cfg.compute_dtype, name=f'{self.task}_head')(h_BxTxD, trunk.token_embed)
 
 
 def build(model_config, *, vocab_size: int, max_len: int) -> TransformerModel:
