@@ -2,6 +2,7 @@
 position and head kind), padding invariance, jit == eager, dropout, causality and segment isolation by gradient,
 closed-form parameter counts, cached decoding, bf16 (float32 logits), Threefry known answers, config errors."""
 
+import functools
 import math
 
 from absl.testing import absltest
@@ -9,6 +10,7 @@ from absl.testing import parameterized
 import chex
 import jax
 import jax.numpy as jnp
+import model_helpers
 import numpy as np
 
 from experiments import base
@@ -27,38 +29,13 @@ def model_config(**overrides):
   return config
 
 
-def random_params(module, seed=0):
-  """Float32 params of the module's shapes, drawn by NumPy (no init compile; no zero biases or unit scales)."""
-  shapes = jax.eval_shape(module.init, jax.random.key(0), jnp.ones((1, 8), jnp.int32))['params']
-  rng = np.random.default_rng(seed)
-  return jax.tree.map(lambda s: jnp.asarray(rng.normal(0.0, 0.3, s.shape), jnp.float32), shapes)
-
-
 def build(**overrides):
   module = models.get_model(model_config(**overrides), vocab_size=VOCAB, max_len=MAX_LEN)
-  return module, random_params(module)
+  return module, model_helpers.random_params(module, scale=0.3)
 
 
-def random_ids(key, shape, lengths=None):
-  """Random non-pad ids; with `lengths`, row b is padded (id 0) after lengths[b] tokens."""
-  ids = np.random.default_rng(key).integers(1, VOCAB, shape)
-  if lengths is not None:
-    ids[np.arange(shape[1])[None, :] >= np.asarray(lengths)[:, None]] = 0
-  return jnp.asarray(ids, jnp.int32)
-
-
-def dependencies(module, params, inputs, **kwargs):
-  """bool [T, S]: whether any logit at position t has a nonzero gradient w.r.t. the embedding at position s."""
-  _, state = jax.eval_shape(lambda: module.apply({'params': params}, inputs, mutable=['perturbations'], **kwargs))
-  perturbations = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), state['perturbations'])
-  weights = jax.random.normal(jax.random.key(7), inputs.shape + (VOCAB,))
-
-  def per_position(perturbations):
-    logits = module.apply({'params': params, 'perturbations': perturbations}, inputs, **kwargs)
-    return jnp.einsum('btv,btv->t', logits, weights)
-
-  (jacobian_TxBxSxD,) = jax.tree.leaves(jax.jit(jax.jacrev(per_position))(perturbations))
-  return np.asarray(jnp.abs(jacobian_TxBxSxD).sum(axis=(1, 3)) > 0)
+random_ids = functools.partial(model_helpers.random_ids, vocab=VOCAB)
+dependencies = model_helpers.dependencies
 
 
 def layer_norm(x, p, eps=1e-6):
