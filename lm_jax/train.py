@@ -262,8 +262,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, devic
     ckpt.close()
     with open(results_path) as f:
       return state, json.load(f)
-  log.info('Training %s from step %d to %d on %d device(s); %d parameters.', config.model.name, step,
-               total_steps, mesh.size, models.count_params(state.params))
+  log.info('Training %s from step %d to %d on %d device(s); %d parameters.', config.model.name, step, total_steps,
+           mesh.size, models.count_params(state.params))
 
   writer = metrics_lib.MetricsWriter(workdir) if jax.process_index() == 0 else None
   try:
