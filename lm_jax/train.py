@@ -12,7 +12,7 @@ import math
 import os
 import shutil
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax
 import jax
@@ -211,6 +211,32 @@ def open_checkpointer(config, workdir):
                                  best_metric=config.train.best_metric, best_mode=config.train.best_mode)
 
 
+class Run(NamedTuple):
+  """What training and evaluation of a workdir share."""
+  mesh: jax.sharding.Mesh
+  data: data_lib.Data
+  model: Any
+  optimizer: optax.GradientTransformation
+  state: TrainState
+  total_steps: int
+  eval_step: Any
+  ckpt: checkpoint.Checkpointer
+
+
+def prepare_run(config, workdir, devices=None) -> Run:
+  """Checks the config against the devices and the workdir, then builds everything a run needs but the loop."""
+  if config.distributed:
+    jax.distributed.initialize()
+  mesh = make_mesh(devices)
+  check_batch_sizes(config, mesh.size)
+  os.makedirs(workdir, exist_ok=True)
+  write_or_check_config(config, workdir)
+  data, model, optimizer, state, total_steps = build(config, workdir, mesh)
+  token_bytes = jnp.asarray(data.tokenizer.token_bytes()) if config.model.task == 'lm' else None
+  return Run(mesh, data, model, optimizer, state, total_steps, make_eval_step(model, mesh, token_bytes),
+             open_checkpointer(config, workdir))
+
+
 def to_global(batch, mesh):
   """Process-local numpy batch → global jax arrays sharded over 'data'."""
   sharding = NamedSharding(mesh, P('data'))
@@ -238,18 +264,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, devic
 
   Returns (final TrainState, results dict). `devices` defaults to all devices (one data-parallel replica each).
   """
-  if config.distributed:
-    jax.distributed.initialize()
-  mesh = make_mesh(devices)
-  check_batch_sizes(config, mesh.size)
-  os.makedirs(workdir, exist_ok=True)
-  write_or_check_config(config, workdir)
-  data, model, optimizer, state, total_steps = build(config, workdir, mesh)
-  token_bytes = jnp.asarray(data.tokenizer.token_bytes()) if config.model.task == 'lm' else None
+  mesh, data, model, optimizer, state, total_steps, eval_step, ckpt = prepare_run(config, workdir, devices)
   train_step = make_train_step(model, optimizer, mesh, config.optim.grad_accum_steps)
-  eval_step = make_eval_step(model, mesh, token_bytes)
-
-  ckpt = open_checkpointer(config, workdir)
   train_iter = data.train_iterator(config.train.batch_size)
   restored = ckpt.restore(state)
   if restored is not None:
@@ -346,17 +362,11 @@ def train_loop(config, workdir, state, total_steps, data, train_iter, train_step
 
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Evaluates the latest checkpoint of `workdir` on every eval split, without training."""
-  mesh = make_mesh()
-  check_batch_sizes(config, mesh.size)
-  write_or_check_config(config, workdir)
-  data, model, _, state, _ = build(config, workdir, mesh)
-  ckpt = open_checkpointer(config, workdir)
+  mesh, data, _, _, state, _, eval_step, ckpt = prepare_run(config, workdir)
   restored = ckpt.restore(state)
   if restored is None:
     raise FileNotFoundError(f'No checkpoint in {workdir}/checkpoints to evaluate; train first.')
   step, state, _ = restored
-  token_bytes = jnp.asarray(data.tokenizer.token_bytes()) if config.model.task == 'lm' else None
-  eval_step = make_eval_step(model, mesh, token_bytes)
   results = {'step': step, **{s: evaluate(eval_step, state.params, data, s, config, mesh) for s in data.eval_splits}}
   print(json.dumps(results, indent=2))
   ckpt.close()

@@ -52,21 +52,25 @@ def _config(data_dir, **overrides):
   return cfg
 
 
+def prepare_offline(directory, data_config, tokenizer_dir):
+  """Writes the archive into `directory` and prepares it as a machine with network would (TFDS "downloads" the
+  local archive; lm_jax's own code path does the rest). Returns (texts by (split, label, i), the built Data)."""
+  archive = os.path.join(directory, 'aclImdb_v1.tar.gz')
+  texts = _write_archive(archive)
+  with mock.patch.object(tfds.download.DownloadManager, 'download', lambda self, url: archive), \
+       mock.patch.object(tfds_source, 'reachable', return_value=True):
+    return texts, data_lib.build(data_config, task='classification', seed=0, tokenizer_dir=tokenizer_dir)
+
+
 class ImdbTest(chex.TestCase):
 
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
     cls.tmp = tempfile.TemporaryDirectory()
-    archive = os.path.join(cls.tmp.name, 'aclImdb_v1.tar.gz')
-    cls.texts = _write_archive(archive)
     cls.data_dir = os.path.join(cls.tmp.name, 'tfds')
     cls.tokenizer_dir = os.path.join(cls.tmp.name, 'tokenizer')
-    # Offline preparation: TFDS "downloads" the local archive; lm_jax's own code path does the rest.
-    with mock.patch.object(tfds.download.DownloadManager, 'download', lambda self, url: archive), \
-         mock.patch.object(tfds_source, 'reachable', return_value=True):
-      cls.data = data_lib.build(_config(cls.data_dir, download=True), task='classification', seed=0,
-                                tokenizer_dir=cls.tokenizer_dir)
+    cls.texts, cls.data = prepare_offline(cls.tmp.name, _config(cls.data_dir, download=True), cls.tokenizer_dir)
 
   @classmethod
   def tearDownClass(cls):

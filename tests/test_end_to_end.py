@@ -5,15 +5,11 @@ import os
 import subprocess
 import sys
 import tempfile
-from unittest import mock
 
 import chex
-import tensorflow_datasets as tfds
 
 from experiments import base
-from lm_jax import data as data_lib
-from lm_jax.data import tfds_source
-from test_data_imdb import _write_archive  # the generated aclImdb_v1.tar.gz
+from test_data_imdb import prepare_offline  # the real builder on a generated aclImdb_v1.tar.gz
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -35,15 +31,10 @@ class ImdbMainCommandTest(chex.TestCase):
   def setUpClass(cls):
     super().setUpClass()
     cls.tmp = tempfile.TemporaryDirectory()
-    archive = os.path.join(cls.tmp.name, 'aclImdb_v1.tar.gz')
-    _write_archive(archive)
     cls.data_dir = os.path.join(cls.tmp.name, 'tfds')
-    # Prepare as a machine with network would: TFDS "downloads" the local archive.
     data_config = base.get_config().data
     data_config.tfds_data_dir, data_config.vocab_size = cls.data_dir, 300
-    with mock.patch.object(tfds.download.DownloadManager, 'download', lambda self, url: archive), \
-         mock.patch.object(tfds_source, 'reachable', return_value=True):
-      data_lib.build(data_config, task='classification', seed=0, tokenizer_dir=os.path.join(cls.tmp.name, 'tok'))
+    prepare_offline(cls.tmp.name, data_config, os.path.join(cls.tmp.name, 'tok'))
 
   @classmethod
   def tearDownClass(cls):
