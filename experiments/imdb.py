@@ -9,16 +9,18 @@ from scratch barely moves at 2e-5 in 3 epochs, so it gets 3e-4, the usual peak f
 """
 
 from experiments import base
+from lm_jax import configs
 
 
 def get_config(variant: str = ''):
+  arg = configs.parse_variant(variant, local=False)
   c = base.get_config()
   c.data.name = 'imdb_reviews'
   c.data.max_len = 256
   c.model.name = 'transformer'
   c.model.task = 'classification'
   c.optim.learning_rate = 3e-4
-  if variant == 'local':
+  if arg.local:
     c.data.max_len = 128
     c.data.max_documents = 4000
     c.data.vocab_size = 4000
@@ -30,6 +32,4 @@ def get_config(variant: str = ''):
     c.train.num_epochs = 1
     c.train.eval_every_steps = 100
     c.train.checkpoint_every_steps = 100
-  elif variant:
-    raise ValueError(f'Unknown variant {variant!r} of experiments/imdb.py; allowed: "" or "local".')
   return c

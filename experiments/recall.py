@@ -11,9 +11,11 @@ validation accuracy after the 2500 steps with the relative-position bias; withou
 """
 
 from experiments import base
+from lm_jax import configs
 
 
 def get_config(variant: str = ''):
+  configs.parse_variant(variant)   # no variants: this experiment is already local
   c = base.get_config()
   c.data.name = 'mqar'
   c.data.vocab_size = 128
@@ -38,6 +40,4 @@ def get_config(variant: str = ''):
   c.train.eval_every_steps = 250
   c.train.checkpoint_every_steps = 250
   c.train.log_every_steps = 50
-  if variant:
-    raise ValueError(f'Unknown variant {variant!r} of experiments/recall.py; this experiment is already local.')
   return c

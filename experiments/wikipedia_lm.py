@@ -8,12 +8,14 @@ usual recipe for a small decoder.
 """
 
 from experiments import wikipedia_mlm
+from lm_jax import configs
 
 
 def get_config(variant: str = ''):
+  arg = configs.parse_variant(variant, local=False)
   c = wikipedia_mlm.get_config(variant)
   c.model.task = 'lm'
   c.optim.learning_rate = 3e-4
   c.optim.schedule = 'cosine'
-  c.optim.warmup_steps = 100 if variant == 'local' else 2000
+  c.optim.warmup_steps = 100 if arg.local else 2000
   return c

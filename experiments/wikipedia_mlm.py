@@ -8,9 +8,11 @@ result on IMDB with experiments/imdb_finetune.py. lr 1e-4 and warmup 10k follow 
 """
 
 from experiments import base
+from lm_jax import configs
 
 
 def get_config(variant: str = ''):
+  arg = configs.parse_variant(variant, local=False)
   c = base.get_config()
   c.data.name = 'wikipedia'
   c.data.tfds_name = 'wikipedia/20230601.en'
@@ -28,7 +30,7 @@ def get_config(variant: str = ''):
   c.train.max_eval_batches = 50
   c.train.best_metric = 'loss'
   c.train.best_mode = 'min'
-  if variant == 'local':
+  if arg.local:
     c.data.max_documents = 2000
     c.data.vocab_size = 8000
     c.optim.warmup_steps = 100
@@ -36,6 +38,4 @@ def get_config(variant: str = ''):
     c.train.num_steps = 500
     c.train.eval_every_steps = 250
     c.train.checkpoint_every_steps = 250
-  elif variant:
-    raise ValueError(f'Unknown variant {variant!r} of experiments/wikipedia_mlm.py; allowed: "" or "local".')
   return c

@@ -4,13 +4,17 @@ The locked ConfigDict already rejects unknown keys and wrong types; this adds wh
 an option allows and which numbers must be positive. Every error names the key, the bad value and what is allowed.
 """
 
+import importlib.util
+import os
+import sys
+
 import ml_collections
 
-from lm_jax import data
-from lm_jax import models
-
-# Options whose values are a closed set; model and dataset names come from their registries.
-CHOICES = {
+def _choices() -> dict:
+  """Options whose values are a closed set; model and dataset names come from their registries."""
+  from lm_jax import data  # pylint: disable=g-import-not-at-top  (heavy: loaded only when a config is checked)
+  from lm_jax import models  # pylint: disable=g-import-not-at-top
+  return {
     'model.name': tuple(models.MODELS),
     'data.name': tuple(data.SOURCES),
     'data.tokenizer': ('sentencepiece', 'wordpiece', 'bytes'),
@@ -22,7 +26,7 @@ CHOICES = {
     'model.attention': ('dense', 'cudnn'),
     'optim.schedule': ('linear', 'cosine', 'constant'),
     'train.best_mode': ('max', 'min'),
-}
+  }
 
 POSITIVE = ('data.max_len', 'model.num_layers', 'model.d_model', 'model.num_classes', 'optim.grad_accum_steps',
             'train.batch_size', 'train.eval_batch_size', 'train.log_every_steps', 'train.eval_every_steps',
@@ -41,7 +45,8 @@ def _get(config: ml_collections.ConfigDict, dotted: str):
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the first bad key, its value and what is allowed."""
-  for key, allowed in CHOICES.items():
+  from lm_jax import data  # pylint: disable=g-import-not-at-top
+  for key, allowed in _choices().items():
     if _get(config, key) not in allowed:
       raise ValueError(f'config.{key}={_get(config, key)!r} is not one of {allowed}.')
   for key in POSITIVE:
@@ -60,3 +65,64 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.model.task not in tasks:
     raise ValueError(f'config.data.name={config.data.name!r} serves the tasks {tasks}, not '
                      f'config.model.task={config.model.task!r}.')
+
+
+# ---------------------------------------------------------------------------------------------------- experiments
+
+def parse_variant(arg: str, **defaults) -> ml_collections.ConfigDict:
+  """The `:variant` of an experiment file as typed values, as big_vision's `parse_arg`.
+
+  `arg` is comma-separated `name=value` pairs; a bare `name` sets a boolean to True. Each name must be one of
+  `defaults`, and its value is parsed as the default's type:
+
+    parse_variant('local,layers=4', local=False, layers=2)  →  {'local': True, 'layers': 4}
+  """
+  values = ml_collections.ConfigDict(defaults)
+  for item in filter(None, (part.strip() for part in (arg or '').split(','))):
+    name, has_value, text = item.partition('=')
+    if name not in defaults:
+      raise ValueError(f'Unknown variant argument {name!r}; allowed: {", ".join(defaults) or "none"}.')
+    kind = type(defaults[name])
+    if kind is bool:
+      if has_value and text.lower() not in ('true', 'false'):
+        raise ValueError(f'Variant argument {name}={text!r} is not a boolean (true or false).')
+      values[name] = not has_value or text.lower() == 'true'
+    else:
+      try:
+        values[name] = kind(text)
+      except ValueError:
+        raise ValueError(f'Variant argument {name}={text!r} is not a {kind.__name__}.') from None
+  return values
+
+
+def load(spec: str) -> ml_collections.ConfigDict:
+  """The locked config of `path/to/experiment.py[:variant]`, as `--config` would load it."""
+  path, _, variant = spec.partition(':')
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'Config file {path!r} does not exist.')
+  # Experiment files import their base as `experiments.X`: the directory above experiments/ must be importable.
+  root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+  if root not in sys.path:
+    sys.path.insert(0, root)
+  module_spec = importlib.util.spec_from_file_location(f'lm_jax_experiment_{abs(hash(path))}', path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  config = module.get_config(variant) if variant else module.get_config()
+  config.lock()
+  return config
+
+
+def override(config: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
+  """A copy of `config` with dotted keys replaced: `override(c, {'model.name': 'lstm', 'seed': 1})`.
+
+  The copy stays locked, so an unknown key or a value of the wrong type raises, naming the key.
+  """
+  config = ml_collections.ConfigDict(config.to_dict())   # a deep copy, unlocked for the moment
+  config.lock()
+  for dotted, value in overrides.items():
+    *sections, name = dotted.split('.')
+    section = config
+    for part in sections:
+      section = section[part]
+    section[name] = value
+  return config
