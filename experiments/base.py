@@ -80,4 +80,5 @@ def get_config() -> ml_collections.ConfigDict:
   t.best_metric = 'accuracy'          # validation metric whose best checkpoint is always kept
   t.best_mode = 'max'                 # max | min
   t.max_eval_batches = -1             # cap per evaluation (-1 = the whole split)
+  t.skip_nonfinite_steps = False      # True: a step with a NaN/Inf loss or gradient is skipped (and counted), not fatal
   return c

@@ -1,7 +1,7 @@
 """Orbax checkpoints of a run, and the params of another run for `init_from`.
 
 Layout (one Orbax CheckpointManager): `DIR/<step>/state` (the train-state pytree: params, opt_state, step, rng),
-`DIR/<step>/data_state` (the data iterator's JSON state) and, for steps saved with metrics, `DIR/<step>/metrics`.
+`DIR/<step>/loop_state` (JSON: the data iterator's position and the loop's log window) and, for steps saved with metrics, `DIR/<step>/metrics`.
 Kept: the latest `max_to_keep` steps plus the best step by `metrics[best_metric]`, so resume always finds the latest.
 
 A step that was finalized but is damaged later (files missing or corrupt) fails only when it is read: `restore`
@@ -9,23 +9,24 @@ then warns and falls back to the step before it. Damaged steps are deleted at th
 """
 
 import contextlib
+import logging
 import re
 from typing import Any
 
-from absl import logging
 from etils import epath
 import jax
 import orbax.checkpoint as ocp
 
-_BEST_MODES = ('max', 'min')
+BEST_MODES = ('max', 'min')
+log = logging.getLogger(__name__)
 
 
 class Checkpointer:
-  """Saves and restores `(step, state, data_state)`; keeps the latest `max_to_keep` steps and the best one."""
+  """Saves and restores `(step, state, loop_state)`; keeps the latest `max_to_keep` steps and the best one."""
 
   def __init__(self, directory: str, *, max_to_keep: int, best_metric: str, best_mode: str):
-    if best_mode not in _BEST_MODES:
-      raise ValueError(f'best_mode={best_mode!r}; allowed: {", ".join(_BEST_MODES)}.')
+    if best_mode not in BEST_MODES:
+      raise ValueError(f'best_mode={best_mode!r}; allowed: {", ".join(BEST_MODES)}.')
     if max_to_keep < 1:
       raise ValueError(f'max_to_keep={max_to_keep}; must be >= 1 (the latest step is always kept).')
     self._best_metric = best_metric
@@ -36,7 +37,7 @@ class Checkpointer:
 
     self._manager = ocp.CheckpointManager(
         epath.Path(directory).absolute(),
-        item_handlers={'state': ocp.StandardCheckpointHandler(), 'data_state': ocp.JsonCheckpointHandler()},
+        item_handlers={'state': ocp.StandardCheckpointHandler(), 'loop_state': ocp.JsonCheckpointHandler()},
         options=ocp.CheckpointManagerOptions(
             create=True,
             best_fn=best_value,  # makes the manager store each step's metrics
@@ -54,9 +55,9 @@ class Checkpointer:
   def directory(self) -> epath.Path:
     return self._manager.directory
 
-  def save(self, step: int, state: Any, *, data_state: dict, metrics: dict[str, float] | None = None,
+  def save(self, step: int, state: Any, *, loop_state: dict, metrics: dict[str, float] | None = None,
            force: bool = False) -> bool:
-    """Saves `state` and `data_state` at `step` (asynchronously); returns False if `step` is already saved.
+    """Saves `state` and `loop_state` at `step` (asynchronously); returns False if `step` is already saved.
 
     `metrics` (e.g. the validation metrics at this step) must then hold `best_metric`; only steps saved with metrics
     compete for "best". `force` saves even when the manager's save policy would skip the step.
@@ -67,17 +68,29 @@ class Checkpointer:
       metrics = {name: float(value) for name, value in metrics.items()}
     self._delete_damaged()
     if step in self._manager.all_steps():
-      logging.info('checkpoint: step %d is already saved in %s; not saving it again.', step, self.directory)
+      log.info('checkpoint: step %d is already saved in %s; not saving it again.', step, self.directory)
       return False
     latest = self._manager.latest_step()
     if latest is not None and step < latest:
       raise ValueError(f'save(step={step}): {self.directory} already holds the later step {latest}.')
-    return self._manager.save(
-        step,
-        args=ocp.args.Composite(state=ocp.args.StandardSave(state), data_state=ocp.args.JsonSave(data_state)),
-        metrics=metrics,
-        force=force,
-    )
+    with self._write_errors(step):
+      return self._manager.save(
+          step,
+          args=ocp.args.Composite(state=ocp.args.StandardSave(state), loop_state=ocp.args.JsonSave(loop_state)),
+          metrics=metrics,
+          force=force,
+      )
+
+  @contextlib.contextmanager
+  def _write_errors(self, step: int | None):
+    """A failed write (disk full, directory made read-only) becomes an OSError that says what is still safe."""
+    try:
+      yield
+    except OSError as e:
+      kept = sorted(set(self._manager.all_steps()) - {step})
+      raise OSError(e.errno, f'Could not write checkpoint {"" if step is None else f"step {step} "}to '
+                    f'{self.directory} ({e.strerror or e}). Earlier checkpoints are untouched (steps {kept}): free '
+                    'space or fix permissions, then rerun the same command to resume.') from e
 
   def latest_step(self) -> int | None:
     """The latest saved step not found damaged by `restore`; None if there is none."""
@@ -88,7 +101,7 @@ class Checkpointer:
     return self._manager.best_step()
 
   def restore(self, abstract_state: Any) -> tuple[int, Any, dict] | None:
-    """`(step, state, data_state)` of the latest readable step, or None if nothing was saved.
+    """`(step, state, loop_state)` of the latest readable step, or None if nothing was saved.
 
     `abstract_state` gives the structure, dtypes and shardings (e.g. `jax.eval_shape` of the state with shardings,
     or a concrete state); leaves without a sharding come back with the one they were saved with. A damaged step
@@ -99,16 +112,16 @@ class Checkpointer:
     for step in sorted(set(self._manager.all_steps()) - self._damaged, reverse=True):
       try:
         restored = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), data_state=ocp.args.JsonRestore()))
+            state=ocp.args.StandardRestore(abstract_state), loop_state=ocp.args.JsonRestore()))
       except Exception as e:  # pylint: disable=broad-exception-caught  # any read failure means a damaged step
-        logging.warning('checkpoint: step %d in %s is damaged (%s: %s); falling back to the previous step.', step,
+        log.warning('checkpoint: step %d in %s is damaged (%s: %s); falling back to the previous step.', step,
                         self.directory, type(e).__name__, e)
         errors[step] = f'{type(e).__name__}: {e}'
         continue
       # Only now are the failed steps known to be damaged rather than unreadable with this abstract_state (when
       # every step fails, the state structure has likely changed: nothing must be deleted).
       self._damaged.update(errors)
-      return step, restored.state, restored.data_state
+      return step, restored.state, restored.loop_state
     if errors:
       raise ValueError(f'No checkpoint in {self.directory} could be restored:\n'
                        + '\n'.join(f'step {step}: {error}' for step, error in errors.items()))
@@ -116,12 +129,13 @@ class Checkpointer:
 
   def _delete_damaged(self) -> None:
     for step in sorted(self._damaged):
-      logging.warning('checkpoint: deleting damaged step %d in %s.', step, self.directory)
+      log.warning('checkpoint: deleting damaged step %d in %s.', step, self.directory)
       self._manager.delete(step)
     self._damaged.clear()
 
   def wait_until_finished(self) -> None:
-    self._manager.wait_until_finished()
+    with self._write_errors(None):
+      self._manager.wait_until_finished()
 
   def close(self) -> None:
     self._manager.close()
@@ -157,7 +171,7 @@ def _step_dir(path: epath.Path) -> epath.Path:
   if latest is None:
     raise ValueError(f'init_from={str(path)!r} is neither a checkpoint step directory (with state/) nor a workdir or '
                      'checkpoint directory holding saved steps.')
-  logging.info('init_from: using the latest step %d of %s (not the best one: steps are chosen by recency).',
+  log.info('init_from: using the latest step %d of %s (not the best one: steps are chosen by recency).',
                latest.step, root)
   return latest.path
 
@@ -198,9 +212,9 @@ def load_params(path: str, target_params: Any, *, reinit: str = '') -> Any:
                        "'/'-joined paths) in init_from_reinit to keep them freshly initialized:\n  "
                        + '\n  '.join(problems))
     if ignored := sorted(set(saved) - set(target)):
-      logging.info('init_from %s: ignoring checkpoint params absent from the model: %s', step_dir, ignored)
+      log.info('init_from %s: ignoring checkpoint params absent from the model: %s', step_dir, ignored)
     if fresh:
-      logging.info('init_from %s: keeping freshly initialized params: %s', step_dir, sorted(fresh))
+      log.info('init_from %s: keeping freshly initialized params: %s', step_dir, sorted(fresh))
     if fresh == set(target):
       return target_params
     item = {'params': _nest({p: leaf for p, leaf in target.items() if p not in fresh})}

@@ -1,7 +1,8 @@
-"""Checks a resolved experiment config before anything is built.
+"""Experiment configs: checking a resolved config, parsing `:variant`s, loading and overriding experiment files.
 
-The locked ConfigDict already rejects unknown keys and wrong types; this adds what a type cannot say: which values
-an option allows and which numbers must be positive. Every error names the key, the bad value and what is allowed.
+The locked ConfigDict already rejects unknown keys and wrong types; `validate` adds what a type cannot say: which
+values an option allows and which numbers must be positive. Every error names the key, the bad value and what is
+allowed. The allowed values are read from the modules that implement them, so each set is declared once.
 """
 
 import importlib.util
@@ -10,30 +11,33 @@ import sys
 
 import ml_collections
 
-def _choices() -> dict:
-  """Options whose values are a closed set; model and dataset names come from their registries."""
-  from lm_jax import data  # pylint: disable=g-import-not-at-top  (heavy: loaded only when a config is checked)
-  from lm_jax import models  # pylint: disable=g-import-not-at-top
-  return {
-    'model.name': tuple(models.MODELS),
-    'data.name': tuple(data.SOURCES),
-    'data.tokenizer': ('sentencepiece', 'wordpiece', 'bytes'),
-    'model.task': ('classification', 'lm', 'mlm'),
-    'model.attention_bias': ('none', 'relative', 'alibi'),
-    'model.positions': ('learned', 'sinusoidal', 'none'),
-    'model.pooling': ('cls', 'mean'),
-    'model.dtype': ('float32', 'bfloat16'),
-    'model.attention': ('dense', 'cudnn'),
-    'optim.schedule': ('linear', 'cosine', 'constant'),
-    'train.best_mode': ('max', 'min'),
-  }
+POSITIVE = ('data.max_len', 'data.vocab_size', 'model.num_layers', 'model.d_model', 'model.num_heads',
+            'model.mlp_dim', 'model.num_classes', 'optim.grad_accum_steps', 'train.batch_size',
+            'train.eval_batch_size', 'train.log_every_steps', 'train.eval_every_steps', 'train.checkpoint_every_steps',
+            'train.max_to_keep')
 
-POSITIVE = ('data.max_len', 'model.num_layers', 'model.d_model', 'model.num_classes', 'optim.grad_accum_steps',
-            'train.batch_size', 'train.eval_batch_size', 'train.log_every_steps', 'train.eval_every_steps',
-            'train.checkpoint_every_steps', 'train.max_to_keep')
-
-NON_NEGATIVE = ('optim.learning_rate', 'optim.warmup_steps', 'optim.weight_decay', 'optim.clip_norm',
+NON_NEGATIVE = ('seed', 'optim.learning_rate', 'optim.warmup_steps', 'optim.weight_decay', 'optim.clip_norm',
                 'model.dropout')
+
+
+def _choices() -> dict:
+  """Options whose values are a closed set, each read from the module that implements the set."""
+  # Imported here: loading an experiment file (flags parsing) must not pay for JAX, Flax and TFDS.
+  from lm_jax import checkpoint, data, models, optim  # pylint: disable=g-import-not-at-top
+  from lm_jax.data import tokenizers  # pylint: disable=g-import-not-at-top
+  from lm_jax.models import layers, transformer  # pylint: disable=g-import-not-at-top
+  return {
+      'model.name': tuple(models.MODELS),
+      'data.name': tuple(data.SOURCES),
+      'data.tokenizer': tokenizers.CONFIGURABLE,
+      'model.attention_bias': transformer.ATTENTION_BIASES,
+      'model.positions': transformer.POSITIONS,
+      'model.attention': transformer.ATTENTIONS,
+      'model.pooling': layers.POOLINGS,
+      'model.dtype': tuple(layers.DTYPES),
+      'optim.schedule': tuple(optim.SCHEDULES),
+      'train.best_mode': checkpoint.BEST_MODES,
+  }
 
 
 def _get(config: ml_collections.ConfigDict, dotted: str):
@@ -45,7 +49,7 @@ def _get(config: ml_collections.ConfigDict, dotted: str):
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the first bad key, its value and what is allowed."""
-  from lm_jax import data  # pylint: disable=g-import-not-at-top
+  from lm_jax import data, models  # pylint: disable=g-import-not-at-top
   for key, allowed in _choices().items():
     if _get(config, key) not in allowed:
       raise ValueError(f'config.{key}={_get(config, key)!r} is not one of {allowed}.')
@@ -57,14 +61,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f'config.{key}={_get(config, key)!r} must be >= 0.')
   if not 0 <= config.data.validation_fraction < 1:
     raise ValueError(f'config.data.validation_fraction={config.data.validation_fraction!r} must be in [0, 1).')
+  if not 0 <= config.model.dropout < 1:
+    raise ValueError(f'config.model.dropout={config.model.dropout!r} must be in [0, 1).')
   if config.train.num_steps <= 0 and config.train.num_epochs <= 0:
     raise ValueError('config.train.num_steps and config.train.num_epochs are both <= 0: set one of them > 0.')
-  if config.model.task == 'mlm' and config.model.name != 'transformer':
-    raise ValueError(f'config.model.task=mlm needs model.name=transformer, got {config.model.name!r}.')
-  tasks = data.SOURCES[config.data.name].tasks
-  if config.model.task not in tasks:
-    raise ValueError(f'config.data.name={config.data.name!r} serves the tasks {tasks}, not '
-                     f'config.model.task={config.model.task!r}.')
+  if config.model.name == 'transformer' and config.model.d_model % config.model.num_heads:
+    raise ValueError(f'config.model.d_model={config.model.d_model} must divide by '
+                     f'config.model.num_heads={config.model.num_heads}.')
+  for owner, tasks in ((f'config.model.name={config.model.name!r}', models.TASKS[config.model.name]),
+                       (f'config.data.name={config.data.name!r}', data.SOURCES[config.data.name].tasks)):
+    if config.model.task not in tasks:
+      raise ValueError(f'{owner} serves the tasks {tasks}, not config.model.task={config.model.task!r}.')
 
 
 # ---------------------------------------------------------------------------------------------------- experiments

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-_DECAYS: dict[str, Callable[[jax.Array], jax.Array]] = {
+SCHEDULES: dict[str, Callable[[jax.Array], jax.Array]] = {
     'linear': lambda progress: 1.0 - progress,
     'cosine': lambda progress: 0.5 * (1.0 + jnp.cos(math.pi * progress)),
     'constant': jnp.ones_like,
@@ -25,15 +25,15 @@ _DECAYS: dict[str, Callable[[jax.Array], jax.Array]] = {
 
 def learning_rate_schedule(optim_config: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
   """Linear warmup from 0 to `learning_rate` over `warmup_steps`, then `schedule` decay to 0 at `total_steps`."""
-  if optim_config.schedule not in _DECAYS:
-    raise ValueError(f'optim.schedule={optim_config.schedule!r}; allowed: {", ".join(_DECAYS)}.')
+  if optim_config.schedule not in SCHEDULES:
+    raise ValueError(f'optim.schedule={optim_config.schedule!r}; allowed: {", ".join(SCHEDULES)}.')
   if total_steps < 1:
     raise ValueError(f'total_steps={total_steps}; must be >= 1.')
   if optim_config.warmup_steps < 0:
     raise ValueError(f'optim.warmup_steps={optim_config.warmup_steps}; must be >= 0.')
   peak = optim_config.learning_rate
   warmup = optim_config.warmup_steps
-  decay = _DECAYS[optim_config.schedule]
+  decay = SCHEDULES[optim_config.schedule]
   decay_steps = max(total_steps - warmup, 1)
 
   def schedule(step):

@@ -4,15 +4,22 @@ Data parallelism has pmap's semantics, written as `jax.shard_map` under `jax.jit
 current JAX): one replica per device, each gets its slice of the global batch, gradients are averaged with
 `lax.pmean`. `check_vma=False` keeps pmap's explicit-collective semantics (with it on, JAX would insert the
 gradient all-reduce itself).
+
+A run survives interruption: SIGTERM or Ctrl-C finishes the current step, saves a checkpoint and raises `Preempted`;
+SIGKILL loses at most the steps since the last checkpoint. Each checkpoint also holds the data iterator's position,
+the open log window and the length of metrics.jsonl, so a resumed run logs exactly what an uninterrupted one would.
 """
 
+import dataclasses
 import json
 import logging
 import math
 import os
 import shutil
+import signal
+import threading
 import time
-from typing import Any, NamedTuple
+from typing import Any
 
 import flax
 import jax
@@ -25,16 +32,19 @@ from jax.sharding import PartitionSpec as P
 
 from lm_jax import checkpoint
 from lm_jax import data as data_lib
+from lm_jax import flops
 from lm_jax import metrics as metrics_lib
 from lm_jax import models
 from lm_jax import optim
 
-# Two CPU "devices" deadlock in the collectives' rendezvous when ~50 steps are queued without a sync point
-# (ENVIRONMENT.md). Waiting every few steps costs nothing measurable and keeps the queue short everywhere.
+# Two CPU "devices" deadlock in the collectives' rendezvous when ~50 jit(shard_map) steps are queued without a
+# sync point. Waiting every few steps costs nothing measurable and keeps the queue short everywhere.
 SYNC_EVERY_STEPS = 8
-log = logging.getLogger(__name__)
 # Config sections that fix the parameters and the tokenizer: a workdir cannot be resumed with other values.
 FROZEN_SECTIONS = ('model', 'data')
+# Step metrics that measure the machine, not the run: they differ between an interrupted and an uninterrupted run.
+TIMING_METRICS = ('steps_per_sec', 'tokens_per_sec')
+log = logging.getLogger(__name__)
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -42,6 +52,15 @@ class TrainState(flax.struct.PyTreeNode):
   params: Any
   opt_state: optax.OptState
   rng: jax.Array  # base key; step t uses fold_in(rng, t), so a resumed run draws the same dropout masks
+
+
+class Preempted(Exception):
+  """SIGTERM or SIGINT stopped the run after saving a checkpoint at `step`; the same command resumes it."""
+
+  def __init__(self, step: int, signal_name: str, workdir: str):
+    super().__init__(f'{signal_name}: saved a checkpoint at step {step} in {workdir} and stopped; run the same '
+                     'command again to resume.')
+    self.step = step
 
 
 # ---------------------------------------------------------------------------------------------------- losses
@@ -76,10 +95,23 @@ def model_kwargs(batch):
   return {k: batch[k] for k in ('segment_ids', 'positions') if k in batch}
 
 
+def group_norms(tree, depth: int = 2) -> dict[str, jax.Array]:
+  """L2 norms of the subtrees `depth` levels down, by '/'-joined path: {'decoder/layers_0': norm, ...}."""
+  squares = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    group = jax.tree_util.keystr(path[:depth], simple=True, separator='/')
+    squares[group] = squares.get(group, 0.0) + jnp.sum(jnp.square(leaf.astype(jnp.float32)))
+  return {group: jnp.sqrt(total) for group, total in squares.items()}
+
+
 # ---------------------------------------------------------------------------------------------------- steps
 
-def make_train_step(model, optimizer, mesh, grad_accum_steps):
-  """A jitted `(state, batch) -> (state, metrics)`; batch sharded over 'data', state replicated."""
+def make_train_step(model, optimizer, mesh, grad_accum_steps, *, skip_nonfinite=False):
+  """A jitted `(state, batch) -> (state, metrics)`; batch sharded over 'data', state replicated.
+
+  With `skip_nonfinite`, a step whose loss or gradients are not finite leaves params and optimizer state unchanged
+  and reports `skipped` 1.
+  """
 
   def replica_step(state, batch):
     rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), jax.lax.axis_index('data'))
@@ -110,8 +142,15 @@ def make_train_step(model, optimizer, mesh, grad_accum_steps):
     sums = jax.lax.psum(sums, 'data')
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    grad_norm = optax.tree.norm(grads)
     metrics = {'loss': sums['loss'] / sums['count'], 'accuracy': sums['correct'] / sums['count'],
-               'grad_norm': optax.tree.norm(grads)}
+               'grad_norm': grad_norm, 'param_norm': optax.tree.norm(state.params),
+               'update_norm': optax.tree.norm(updates), 'grad_norms': group_norms(grads)}
+    if skip_nonfinite:
+      finite = jnp.isfinite(sums['loss']) & jnp.isfinite(grad_norm)
+      params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), (params, opt_state),
+                                       (state.params, state.opt_state))
+      metrics['skipped'] = 1.0 - finite.astype(jnp.float32)
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   step = jax.shard_map(replica_step, mesh=mesh, in_specs=(P(), P('data')), out_specs=(P(), P()), check_vma=False)
@@ -147,8 +186,13 @@ def check_batch_sizes(config, num_devices):
                      f'batch ({per_device}).')
 
 
-def write_or_check_config(config, workdir):
-  """Saves the resolved config; on resume, refuses a workdir whose model or data differ (another model's run)."""
+def prepare_workdir(config, workdir):
+  """Creates the workdir and saves the resolved config; refuses a workdir of another model or data."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise NotADirectoryError(f'--workdir={workdir!r} is a file; give a directory (it is created if missing).')
+  os.makedirs(workdir, exist_ok=True)
+  if not os.access(workdir, os.W_OK):
+    raise PermissionError(f'--workdir={workdir!r} is not writable.')
   path = os.path.join(workdir, 'config.json')
   current = json.loads(config.to_json())
   if os.path.exists(path):
@@ -180,44 +224,33 @@ def inherit_tokenizer(init_from, workdir):
     shutil.copytree(source, own)
 
 
-def build(config, workdir, mesh):
-  """Data, model, optimizer and the initial (replicated) train state of a run."""
-  if config.init_from:
-    inherit_tokenizer(config.init_from, workdir)
-  data = data_lib.build(config.data, task=config.model.task, seed=config.seed,
-                        tokenizer_dir=os.path.join(workdir, 'tokenizer'))
-  if config.model.task == 'classification' and data.num_labels() > config.model.num_classes:
-    # Out-of-range labels would not fail: the loss would silently train on clamped labels.
-    raise ValueError(f'The data has labels 0..{data.num_labels() - 1}, more than '
-                     f'config.model.num_classes={config.model.num_classes}: raise it.')
-  model = models.get_model(config.model, vocab_size=data.tokenizer.vocab_size, max_len=config.data.max_len)
-  total_steps = config.train.num_steps
-  if total_steps <= 0:
-    total_steps = config.train.num_epochs * data.steps_per_epoch(config.train.batch_size)
-  optimizer = optim.make_optimizer(config.optim, total_steps)
+def total_steps_of(config, data) -> int:
+  if config.train.num_steps > 0:
+    return config.train.num_steps
+  return config.train.num_epochs * data.steps_per_epoch(config.train.batch_size)
 
+
+def init_train_state(config, model, optimizer, mesh) -> TrainState:
+  """Fresh (or `init_from`-loaded) params and optimizer state, replicated over the mesh."""
   init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   dummy_inputs = jnp.ones((1, config.data.max_len), jnp.int32)
   params = jax.jit(model.init)(init_rng, dummy_inputs)['params']
   if config.init_from:
     params = checkpoint.load_params(config.init_from, params, reinit=config.init_from_reinit)
   state = TrainState(step=jnp.array(0, jnp.int32), params=params, opt_state=optimizer.init(params), rng=train_rng)
-  state = jax.device_put(state, NamedSharding(mesh, P()))
-  return data, model, optimizer, state, total_steps
+  return jax.device_put(state, NamedSharding(mesh, P()))
 
 
-def open_checkpointer(config, workdir):
-  return checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), max_to_keep=config.train.max_to_keep,
-                                 best_metric=config.train.best_metric, best_mode=config.train.best_mode)
-
-
-class Run(NamedTuple):
-  """What training and evaluation of a workdir share."""
+@dataclasses.dataclass
+class Run:
+  """Everything training and evaluation of a workdir share."""
+  config: ml_collections.ConfigDict
+  workdir: str
   mesh: jax.sharding.Mesh
   data: data_lib.Data
   model: Any
   optimizer: optax.GradientTransformation
-  state: TrainState
+  state: TrainState            # initial; replaced by the restored state on resume
   total_steps: int
   eval_step: Any
   ckpt: checkpoint.Checkpointer
@@ -229,12 +262,23 @@ def prepare_run(config, workdir, devices=None) -> Run:
     jax.distributed.initialize()
   mesh = make_mesh(devices)
   check_batch_sizes(config, mesh.size)
-  os.makedirs(workdir, exist_ok=True)
-  write_or_check_config(config, workdir)
-  data, model, optimizer, state, total_steps = build(config, workdir, mesh)
+  prepare_workdir(config, workdir)
+  if config.init_from:
+    inherit_tokenizer(config.init_from, workdir)
+  data = data_lib.build(config.data, task=config.model.task, seed=config.seed,
+                        tokenizer_dir=os.path.join(workdir, 'tokenizer'))
+  if config.model.task == 'classification' and data.num_labels() > config.model.num_classes:
+    # Out-of-range labels would not fail: the loss would silently train on clamped labels.
+    raise ValueError(f'The data has labels 0..{data.num_labels() - 1}, more than '
+                     f'config.model.num_classes={config.model.num_classes}: raise it.')
+  model = models.get_model(config.model, vocab_size=data.tokenizer.vocab_size, max_len=config.data.max_len)
+  total_steps = total_steps_of(config, data)
+  optimizer = optim.make_optimizer(config.optim, total_steps)
   token_bytes = jnp.asarray(data.tokenizer.token_bytes()) if config.model.task == 'lm' else None
-  return Run(mesh, data, model, optimizer, state, total_steps, make_eval_step(model, mesh, token_bytes),
-             open_checkpointer(config, workdir))
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), max_to_keep=config.train.max_to_keep,
+                                 best_metric=config.train.best_metric, best_mode=config.train.best_mode)
+  return Run(config, workdir, mesh, data, model, optimizer, init_train_state(config, model, optimizer, mesh),
+             total_steps, make_eval_step(model, mesh, token_bytes), ckpt)
 
 
 def to_global(batch, mesh):
@@ -243,59 +287,92 @@ def to_global(batch, mesh):
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
 
 
-def evaluate(eval_step, params, data, split, config, mesh):
+def evaluate(run: Run, params, split: str) -> dict[str, float]:
   totals = None
-  for i, batch in enumerate(data.eval_batches(split, config.train.eval_batch_size)):
-    if 0 <= config.train.max_eval_batches <= i:
+  for i, batch in enumerate(run.data.eval_batches(split, run.config.train.eval_batch_size)):
+    if 0 <= run.config.train.max_eval_batches <= i:
       break
-    sums = eval_step(params, to_global(batch, mesh))
+    sums = run.eval_step(params, to_global(batch, run.mesh))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     if i % SYNC_EVERY_STEPS == SYNC_EVERY_STEPS - 1:
       jax.block_until_ready(totals)
   if totals is None:
-    raise ValueError(f'The {split!r} split produced no batches: it has {data.num_examples(split)} examples.')
-  return summarize(jax.device_get(totals), config.model.task)
+    raise ValueError(f'The {split!r} split produced no batches: it has {run.data.num_examples(split)} examples.')
+  return summarize(jax.device_get(totals), run.config.model.task)
 
 
 # ---------------------------------------------------------------------------------------------------- the loop
+
+def due(step: int, every: int, total: int) -> bool:
+  """Whether a periodic action (log, evaluate, checkpoint) runs after `step`: every `every` steps and at the end."""
+  return step % every == 0 or step == total
+
+
+class StopSignals:
+  """Turns SIGTERM and SIGINT into a request to stop after the current step (main thread only)."""
+
+  def __init__(self):
+    self.received: str | None = None
+    self._previous = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.received:  # a second signal: stop now, as without a handler
+      raise KeyboardInterrupt
+    self.received = signal.Signals(signum).name
+    log.warning('%s received: finishing the current step, then saving a checkpoint.', self.received)
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, devices=None):
   """Trains (or resumes) the run in `workdir`, then writes validation and test metrics to results.json.
 
   Returns (final TrainState, results dict). `devices` defaults to all devices (one data-parallel replica each).
+  Raises `Preempted` after saving a checkpoint when SIGTERM or SIGINT arrives.
   """
-  mesh, data, model, optimizer, state, total_steps, eval_step, ckpt = prepare_run(config, workdir, devices)
-  train_step = make_train_step(model, optimizer, mesh, config.optim.grad_accum_steps)
-  train_iter = data.train_iterator(config.train.batch_size)
-  restored = ckpt.restore(state)
+  run = prepare_run(config, workdir, devices)
+  train_iter = run.data.train_iterator(config.train.batch_size)
+  loop_state = {'log_window': [], 'metrics_lines': 0}
+  restored = run.ckpt.restore(run.state)
   if restored is not None:
-    _, state, data_state = restored
-    train_iter.set_state(data_state)
-  step = int(state.step)
+    _, run.state, loop_state = restored
+    train_iter.set_state(loop_state['data'])
+  step = int(run.state.step)
   results_path = os.path.join(workdir, 'results.json')
-  if step >= total_steps and os.path.exists(results_path):
-    log.info('%s is finished (step %d of %d); not retraining.', workdir, step, total_steps)
-    ckpt.close()
+  if step >= run.total_steps and os.path.exists(results_path):
+    log.info('%s is finished (step %d of %d); not retraining.', workdir, step, run.total_steps)
+    run.ckpt.close()
     with open(results_path) as f:
-      return state, json.load(f)
-  log.info('Training %s from step %d to %d on %d device(s); %d parameters.', config.model.name, step, total_steps,
-           mesh.size, models.count_params(state.params))
+      return run.state, json.load(f)
+  log.info('Training %s from step %d to %d on %d device(s); %d parameters.', config.model.name, step,
+           run.total_steps, run.mesh.size, models.count_params(run.state.params))
 
-  writer = metrics_lib.MetricsWriter(workdir) if jax.process_index() == 0 else None
+  # What was logged after the restored checkpoint is dropped: the resumed run logs it again.
+  writer = (metrics_lib.MetricsWriter(workdir, keep_lines=loop_state['metrics_lines'], resume_step=step)
+            if jax.process_index() == 0 else None)
   try:
-    state, final_validation = train_loop(config, workdir, state, total_steps, data, train_iter, train_step,
-                                         eval_step, mesh, ckpt, writer)
+    with StopSignals() as signals:
+      state, final_validation = train_loop(run, train_iter, writer, loop_state['log_window'], signals)
     results = {'step': int(state.step)}
-    for split in data.eval_splits:
+    for split in run.data.eval_splits:
       if split == 'validation' and final_validation is not None:
         results[split] = final_validation  # the loop evaluated at its last step already
-        continue
-      results[split] = evaluate(eval_step, state.params, data, split, config, mesh)
-      if writer:
-        writer.write(int(state.step), split, results[split])
+      else:
+        results[split] = evaluate(run, state.params, split)
+        if writer:
+          writer.write(int(state.step), split, results[split])
   finally:  # whatever happens, the checkpoints and metrics written so far are complete on disk
-    ckpt.wait_until_finished()
-    ckpt.close()
+    run.ckpt.wait_until_finished()
+    run.ckpt.close()
     if writer:
       writer.close()
   if jax.process_index() == 0:
@@ -305,69 +382,96 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, devic
   return state, results
 
 
-def train_loop(config, workdir, state, total_steps, data, train_iter, train_step, eval_step, mesh, ckpt, writer):
-  """Steps from state.step to total_steps: logs, evaluates and checkpoints on the config's schedule.
+def check_finite(fetched: list[dict], last_step: int, run: Run) -> None:
+  """Raises FloatingPointError at the first non-finite loss, naming the parameter groups with non-finite gradients."""
+  for i, m in enumerate(fetched):
+    if math.isfinite(float(m['loss'])) or float(m.get('skipped', 0.0)):
+      continue
+    bad = [group for group, norm in m['grad_norms'].items() if not math.isfinite(float(norm))]
+    raise FloatingPointError(
+        f'Loss is {float(m["loss"])} at step {last_step - len(fetched) + i + 1}: stopping. Non-finite gradient norms '
+        f'in: {", ".join(bad) or "none (the loss alone)"}. The last good checkpoint (step {run.ckpt.latest_step()}) '
+        f'stays in {run.workdir}; config.train.skip_nonfinite_steps=True skips such steps instead.')
 
+
+def summarize_window(window: list[dict]) -> dict[str, float]:
+  """Means of the step metrics since the last log line; skipped (non-finite) steps are counted, not averaged."""
+  kept = [m for m in window if not m.get('skipped')] or window
+  summary = {k: float(np.mean([m[k] for m in kept])) for k in window[0]}
+  if 'skipped' in summary:
+    summary['skipped'] = float(sum(m['skipped'] for m in window))
+  return summary
+
+
+def train_loop(run: Run, train_iter, writer, log_window: list[dict], signals: StopSignals):
+  """Steps from run.state.step to run.total_steps: logs, evaluates and checkpoints on the config's schedule.
+
+  `log_window` holds the step metrics since the last log line (restored from the checkpoint on resume).
   Returns the final state and the validation metrics of the last step (None when no step was run).
   """
-  step = int(state.step)
+  config, total = run.config, run.total_steps
+  train_step = make_train_step(run.model, run.optimizer, run.mesh, config.optim.grad_accum_steps,
+                               skip_nonfinite=config.train.skip_nonfinite_steps)
   tokens_per_step = config.train.batch_size * config.data.max_len
-  peak = metrics_lib.peak_flops_per_device(jax.devices()[0], config.model.dtype)
-  flops_per_token = metrics_lib.train_flops_per_token(config.model, vocab_size=data.tokenizer.vocab_size,
-                                                      seq_len=config.data.max_len, task=config.model.task)
-  schedule = optim.learning_rate_schedule(config.optim, total_steps)
-  pending, window, window_start, window_step = [], [], time.perf_counter(), step
+  peak = flops.peak_flops_per_device(jax.devices()[0], config.model.dtype)
+  flops_per_token = flops.train_flops_per_token(config.model, vocab_size=run.data.tokenizer.vocab_size,
+                                                seq_len=config.data.max_len, task=config.model.task)
+  schedule = optim.learning_rate_schedule(config.optim, total)
+  state, step = run.state, int(run.state.step)
+  pending, timer_start, timer_step = [], time.perf_counter(), step
   val_metrics = None
-  while step < total_steps:
-    state, step_metrics = train_step(state, to_global(next(train_iter), mesh))
+  while step < total:
+    state, step_metrics = train_step(state, to_global(next(train_iter), run.mesh))
     step += 1
     pending.append(step_metrics)
-    at_log = step % config.train.log_every_steps == 0 or step == total_steps
-    at_eval = step % config.train.eval_every_steps == 0 or step == total_steps
-    at_ckpt = step % config.train.checkpoint_every_steps == 0 or step == total_steps
+    at_log = due(step, config.train.log_every_steps, total)
+    at_eval = due(step, config.train.eval_every_steps, total)
+    at_ckpt = due(step, config.train.checkpoint_every_steps, total) or signals.received
     if not (at_log or at_eval or at_ckpt or step % SYNC_EVERY_STEPS == 0):
       continue
     # Sync point (waits for the device): fetch the queued metrics, so a NaN is caught before it is checkpointed.
     fetched, pending = jax.device_get(pending), []
-    for i, m in enumerate(fetched):
-      if not math.isfinite(float(m['loss'])):
-        raise FloatingPointError(f'Loss is {float(m["loss"])} at step {step - len(fetched) + i + 1}: stopping. The '
-                                 f'last good checkpoint (step {ckpt.latest_step()}) stays in {workdir}.')
-    window.extend(fetched)
+    check_finite(fetched, step, run)
+    log_window += [{k: float(v) for k, v in m.items() if k != 'grad_norms'} for m in fetched]
     if at_log:
-      elapsed = time.perf_counter() - window_start
-      tokens_per_sec = (step - window_step) * tokens_per_step / elapsed
-      summary = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
-      summary.update(lr=float(schedule(step - 1)), steps_per_sec=(step - window_step) / elapsed,
-                     tokens_per_sec=tokens_per_sec)
+      elapsed = time.perf_counter() - timer_start
+      summary = summarize_window(log_window)
+      summary.update(lr=float(schedule(step - 1)), steps_per_sec=(step - timer_step) / elapsed,
+                     tokens_per_sec=(step - timer_step) * tokens_per_step / elapsed)
       log.info(metrics_lib.format_log_line(
-          step, total_steps, summary, tokens_per_sec=tokens_per_sec,
-          mfu=metrics_lib.mfu(tokens_per_sec / mesh.size, flops_per_token, peak),
-          eta_seconds=(total_steps - step) * elapsed / (step - window_step)))
+          step, total, summary, mfu=flops.mfu(summary['tokens_per_sec'] / run.mesh.size, flops_per_token, peak),
+          eta_seconds=(total - step) * elapsed / (step - timer_step)))
       if writer:
         writer.write(step, 'train', summary)
-      window, window_start, window_step = [], time.perf_counter(), step
+      log_window, timer_start, timer_step = [], time.perf_counter(), step
     val_metrics = None
     if at_eval:
       eval_start = time.perf_counter()
-      val_metrics = evaluate(eval_step, state.params, data, 'validation', config, mesh)
+      val_metrics = evaluate(run, state.params, 'validation')
       log.info('step %d validation: %s', step, val_metrics)
       if writer:
         writer.write(step, 'validation', val_metrics)
-      window_start += time.perf_counter() - eval_start  # evaluation time is not training throughput
+      timer_start += time.perf_counter() - eval_start  # evaluation time is not training throughput
     if at_ckpt:
-      ckpt.save(step, state, data_state=train_iter.get_state(), metrics=val_metrics)
+      loop_state = {'data': train_iter.get_state(), 'log_window': log_window,
+                    'metrics_lines': writer.lines if writer else 0}
+      run.ckpt.save(step, state, loop_state=loop_state, metrics=val_metrics, force=bool(signals.received))
+    if signals.received:
+      run.ckpt.wait_until_finished()
+      raise Preempted(step, signals.received, run.workdir)
   return state, val_metrics
 
 
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Evaluates the latest checkpoint of `workdir` on every eval split, without training."""
-  mesh, data, _, _, state, _, eval_step, ckpt = prepare_run(config, workdir)
-  restored = ckpt.restore(state)
+  if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
+    raise FileNotFoundError(f'No checkpoints in {workdir!r} to evaluate: train first (--mode=train).')
+  run = prepare_run(config, workdir)
+  restored = run.ckpt.restore(run.state)
+  run.ckpt.close()
   if restored is None:
     raise FileNotFoundError(f'No checkpoint in {workdir}/checkpoints to evaluate; train first.')
   step, state, _ = restored
-  results = {'step': step, **{s: evaluate(eval_step, state.params, data, s, config, mesh) for s in data.eval_splits}}
+  results = {'step': step, **{s: evaluate(run, state.params, s) for s in run.data.eval_splits}}
   print(json.dumps(results, indent=2))
-  ckpt.close()
   return results

@@ -68,7 +68,7 @@ class SaveRestoreTest(parameterized.TestCase):
     state = _random_state(5)
     ckpt = _checkpointer(directory)
     self.assertIsNone(ckpt.restore(state))
-    self.assertTrue(ckpt.save(5, state, data_state={'epoch': 1, 'position': 123}))
+    self.assertTrue(ckpt.save(5, state, loop_state={'epoch': 1, 'position': 123}))
     ckpt.close()
 
     target = state
@@ -77,8 +77,8 @@ class SaveRestoreTest(parameterized.TestCase):
                             jax.eval_shape(lambda: state))
     resumed = _checkpointer(directory)
     self.assertEqual(resumed.latest_step(), 5)
-    step, restored, data_state = resumed.restore(target)
-    self.assertEqual((step, data_state), (5, {'epoch': 1, 'position': 123}))
+    step, restored, loop_state = resumed.restore(target)
+    self.assertEqual((step, loop_state), (5, {'epoch': 1, 'position': 123}))
     _assert_states_equal(restored, state)
     for leaf in jax.tree.leaves(restored):
       self.assertTrue(leaf.sharding.is_equivalent_to(_replicated(), leaf.ndim), leaf.sharding)
@@ -98,7 +98,7 @@ class RetentionTest(parameterized.TestCase):
     ckpt = _checkpointer(directory, max_to_keep=2, best_mode=best_mode)
     for step, accuracy in enumerate(accuracies, start=1):
       metrics = None if accuracy is None else {'accuracy': accuracy, 'loss': 1.0}
-      ckpt.save(step, state, data_state={'position': step}, metrics=metrics)
+      ckpt.save(step, state, loop_state={'position': step}, metrics=metrics)
       ckpt.wait_until_finished()
     # Step 2 is the best; it rotated out of the latest two (4, 5) long ago and is still there.
     self.assertEqual(_kept_steps(directory), [2, 4, 5])
@@ -106,13 +106,13 @@ class RetentionTest(parameterized.TestCase):
     ckpt.close()
 
     resumed = _checkpointer(directory, max_to_keep=2, best_mode=best_mode)  # metrics are read back from disk
-    resumed.save(6, state, data_state={'position': 6})
+    resumed.save(6, state, loop_state={'position': 6})
     resumed.wait_until_finished()
     self.assertEqual(_kept_steps(directory), [2, 5, 6])
     self.assertEqual(resumed.restore(state)[0], 6)
-    self.assertFalse(resumed.save(6, state, data_state={'position': 6}))
+    self.assertFalse(resumed.save(6, state, loop_state={'position': 6}))
     with self.assertRaisesRegex(ValueError, 'lack best_metric'):
-      resumed.save(7, state, data_state={}, metrics={'loss': 0.3})
+      resumed.save(7, state, loop_state={}, metrics={'loss': 0.3})
     resumed.close()
 
 
@@ -131,28 +131,28 @@ class DamagedStepTest(parameterized.TestCase):
     elif how == 'corrupt_manifest':
       with open(os.path.join(state_dir, 'manifest.ocdbt'), 'r+b') as f:
         f.write(b'\x00garbage\xff' * 4)
-    elif how == 'missing_data_state':
-      os.remove(os.path.join(step_dir, 'data_state', 'metadata'))
+    elif how == 'missing_loop_state':
+      os.remove(os.path.join(step_dir, 'loop_state', 'metadata'))
 
-  @parameterized.parameters('missing_data', 'corrupt_manifest', 'missing_data_state')
+  @parameterized.parameters('missing_data', 'corrupt_manifest', 'missing_loop_state')
   def test_falls_back_to_previous_step(self, how):
     directory = self.create_tempdir().full_path
     ckpt = _checkpointer(directory, max_to_keep=3)
     states = {step: _random_state(step) for step in (1, 2, 3)}
     for step, state in states.items():
-      ckpt.save(step, state, data_state={'position': step})
+      ckpt.save(step, state, loop_state={'position': step})
     ckpt.close()
     self._damage(os.path.join(directory, '3'), how)
 
     resumed = _checkpointer(directory, max_to_keep=3)
-    with self.assertLogs('absl', 'WARNING') as logs:
-      step, restored, data_state = resumed.restore(states[3])
-    self.assertEqual((step, data_state), (2, {'position': 2}))
+    with self.assertLogs('lm_jax.checkpoint', 'WARNING') as logs:
+      step, restored, loop_state = resumed.restore(states[3])
+    self.assertEqual((step, loop_state), (2, {'position': 2}))
     _assert_states_equal(restored, states[2])
     self.assertTrue(any('step 3' in line and 'damaged' in line for line in logs.output), logs.output)
     self.assertEqual(resumed.latest_step(), 2)
     # Training resumes from step 2 and reaches step 3 again: the damaged step makes way for the new one.
-    self.assertTrue(resumed.save(3, states[3], data_state={'position': 3}))
+    self.assertTrue(resumed.save(3, states[3], loop_state={'position': 3}))
     step, restored, _ = resumed.restore(states[3])
     self.assertEqual(step, 3)
     _assert_states_equal(restored, states[3])
@@ -161,14 +161,14 @@ class DamagedStepTest(parameterized.TestCase):
   def test_nothing_readable_raises(self):
     directory = self.create_tempdir().full_path
     ckpt = _checkpointer(directory)
-    ckpt.save(1, _random_state(1), data_state={})
+    ckpt.save(1, _random_state(1), loop_state={})
     ckpt.close()
     self._damage(os.path.join(directory, '1'), 'missing_data')
     resumed = _checkpointer(directory)
     with self.assertRaisesRegex(ValueError, 'No checkpoint .* could be restored:\nstep 1'):
       resumed.restore(_random_state(1))
     # Unreadable everywhere may mean a changed state structure rather than damage: later saves delete nothing.
-    resumed.save(2, _random_state(2), data_state={})
+    resumed.save(2, _random_state(2), loop_state={})
     resumed.close()
     self.assertEqual(_kept_steps(directory), [1, 2])
 
@@ -184,8 +184,8 @@ class LoadParamsTest(absltest.TestCase):
     saved_head = dict(cls.saved)  # a pretraining run: its head is called mlm_head and is not in the classifier
     saved_head['params'] = {'encoder': cls.saved['params']['encoder'], 'mlm_head': cls.saved['params']['head']}
     ckpt = _checkpointer(os.path.join(cls.workdir, 'checkpoints'))
-    ckpt.save(4, cls.saved, data_state={})
-    ckpt.save(8, saved_head, data_state={})
+    ckpt.save(4, cls.saved, loop_state={})
+    ckpt.save(8, saved_head, loop_state={})
     ckpt.close()
 
   def _target(self, head_classes=3):
@@ -199,7 +199,7 @@ class LoadParamsTest(absltest.TestCase):
 
   def test_head_reinit_from_workdir_takes_latest(self):
     target = self._target(head_classes=5)
-    with self.assertLogs('absl', 'INFO') as logs:
+    with self.assertLogs('lm_jax.checkpoint', 'INFO') as logs:
       loaded = checkpoint.load_params(self.workdir, target, reinit='^head/')
     chex.assert_trees_all_equal(loaded['encoder'], self.saved['params']['encoder'])
     chex.assert_trees_all_equal(loaded['head'], target['head'])

@@ -64,6 +64,21 @@ def read_jsonl(path):
     return [json.loads(line) for line in f]
 
 
+def poisoned_train_step(from_step, until_step=None):
+  """make_train_step whose steps from_step..until_step see NaN loss weights, as from a bad batch."""
+  real_make_train_step = train.make_train_step
+
+  def make(*args, **kwargs):
+    step_fn = real_make_train_step(*args, **kwargs)
+
+    def poisoned(state, batch):
+      if from_step <= int(state.step) < (until_step or 1 << 30):
+        batch = {**batch, 'weights': batch['weights'] * np.nan}
+      return step_fn(state, batch)
+    return poisoned
+  return make
+
+
 class TrainLoopTest(chex.TestCase):
 
   def test_trains_writes_everything_and_does_not_retrain(self):
@@ -124,23 +139,33 @@ class TrainLoopTest(chex.TestCase):
     config = tiny_recall_config(num_steps=30, checkpoint_every_steps=5)
     real_make_train_step = train.make_train_step
 
-    def make_poisoned_train_step(*args):
-      """From step 8 on, the params entering the step are NaN, as after a diverged update."""
-      step_fn = real_make_train_step(*args)
-
-      def poisoned(state, batch):
-        if int(state.step) >= 7:
-          state = state.replace(params=jax.tree.map(lambda p: p * np.nan, state.params))
-        return step_fn(state, batch)
-      return poisoned
-
-    with mock.patch.object(train, 'make_train_step', make_poisoned_train_step):
-      with self.assertRaisesRegex(FloatingPointError, r'Loss is nan at step 8.*last good checkpoint \(step 5\)'):
+    with mock.patch.object(train, 'make_train_step', poisoned_train_step(from_step=7)):
+      with self.assertRaisesRegex(FloatingPointError, r'Loss is nan at step 8: stopping\. Non-finite gradient norms in: '
+                                  r'decoder/.*last good checkpoint \(step 5\)'):
         train.train_and_evaluate(config, workdir)
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), max_to_keep=3, best_metric='loss',
                                    best_mode='min')
     self.assertEqual(ckpt.latest_step(), 5)
     ckpt.close()
+
+  def test_skip_nonfinite_steps_skips_and_counts(self):
+    workdir = self.create_tempdir().full_path
+    config = tiny_recall_config(num_steps=20, log_every_steps=10, skip_nonfinite_steps=True)
+    with mock.patch.object(train, 'make_train_step', poisoned_train_step(from_step=6, until_step=9)):
+      state, _ = train.train_and_evaluate(config, workdir)
+    chex.assert_tree_all_finite(jax.device_get(state.params))
+    lines = [l for l in read_jsonl(os.path.join(workdir, 'metrics.jsonl')) if l['split'] == 'train']
+    self.assertEqual([l['skipped'] for l in lines], [3.0, 0.0])
+    self.assertTrue(all(np.isfinite(l['loss']) for l in lines))
+
+  def test_logs_param_and_update_norms(self):
+    workdir = self.create_tempdir().full_path
+    state, _ = train.train_and_evaluate(tiny_recall_config(num_steps=5, log_every_steps=5), workdir)
+    (line,) = [l for l in read_jsonl(os.path.join(workdir, 'metrics.jsonl')) if l['split'] == 'train']
+    # The last logged param norm is of the params entering step 5; the final one is after it: close, not equal.
+    final_norm = float(np.sqrt(sum(np.sum(np.square(p)) for p in jax.tree.leaves(jax.device_get(state.params)))))
+    self.assertBetween(line['param_norm'], 0.9 * final_norm, 1.1 * final_norm)
+    self.assertGreater(line['update_norm'], 0.0)
 
   def test_refuses_workdir_of_another_model(self):
     workdir = self.create_tempdir().full_path
@@ -158,7 +183,7 @@ class TrainLoopTest(chex.TestCase):
     config.data.name, config.data.paths, config.data.tokenizer = 'jsonl', reviews.full_path, 'bytes'
     config.model.task = 'classification'
     with self.assertRaisesRegex(ValueError, r'labels 0\.\.2, more than config\.model\.num_classes=2'):
-      train.build(config, os.path.join(tmp.full_path, 'run'), train.make_mesh())
+      train.prepare_run(config, os.path.join(tmp.full_path, 'run'))
 
   def test_batch_size_must_divide_device_count(self):
     with self.assertRaisesRegex(ValueError, r'config\.train\.batch_size=15 must divide by the device count \(2\)'):
@@ -188,10 +213,12 @@ class InitFromTest(chex.TestCase):
     classifier = tiny('jsonl', labelled, 'classification')
     classifier.init_from = mlm_dir
     with self.assertRaisesRegex(ValueError, r'classifier_head/.*missing in the checkpoint'):
-      train.build(classifier, os.path.join(tmp.full_path, 'no_reinit'), train.make_mesh())
+      train.prepare_run(classifier, os.path.join(tmp.full_path, 'no_reinit'))
     classifier.init_from_reinit = 'head'
     finetune_dir = os.path.join(tmp.full_path, 'finetune')
-    _, _, _, state, _ = train.build(classifier, finetune_dir, train.make_mesh())
+    run = train.prepare_run(classifier, finetune_dir)
+    run.ckpt.close()
+    state = run.state
     chex.assert_trees_all_equal(jax.device_get(state.params['encoder']), jax.device_get(pretrained.params['encoder']))
     self.assertIn('classifier_head', state.params)
     self.assertNotIn('mlm_head', state.params)

@@ -182,6 +182,9 @@ def load(directory: str):
   return _KINDS[meta['kind']].load(directory, meta)
 
 
+CONFIGURABLE = ('sentencepiece', 'wordpiece', 'bytes')   # the kinds config.data.tokenizer may name
+
+
 def get(data_config, tokenizer_dir: str, train_texts: Callable[[], list[str]]):
   """The tokenizer saved in `tokenizer_dir`, else a new one (config.data.tokenizer) saved there.
 
@@ -193,8 +196,8 @@ def get(data_config, tokenizer_dir: str, train_texts: Callable[[], list[str]]):
                                                                          data_config.lowercase),
       'bytes': ByteTokenizer,
   }
-  if data_config.tokenizer not in makers:
-    raise ValueError(f'data.tokenizer={data_config.tokenizer!r}; allowed: {", ".join(makers)}.')
+  if data_config.tokenizer not in CONFIGURABLE:
+    raise ValueError(f'data.tokenizer={data_config.tokenizer!r}; allowed: {", ".join(CONFIGURABLE)}.')
   return load_or_make(tokenizer_dir, data_config.tokenizer, makers[data_config.tokenizer])
 
 

@@ -25,8 +25,10 @@ MODELS = {
     'lstm': rnn.build,
     'gru': rnn.build,
 }
+# The tasks each model serves (its heads).
+TASKS = {'transformer': transformer.TASKS, 'rnn': rnn.TASKS, 'lstm': rnn.TASKS, 'gru': rnn.TASKS}
 
-__all__ = ['MODELS', 'count_params', 'generate', 'get_model']
+__all__ = ['MODELS', 'TASKS', 'count_params', 'generate', 'get_model']
 
 
 def get_model(model_config, *, vocab_size: int, max_len: int) -> nn.Module:
