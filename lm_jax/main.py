@@ -2,11 +2,13 @@
 
   python -m lm_jax.main --config experiments/imdb.py --workdir runs/imdb [--config.optim.learning_rate=1e-4]
 
-The config is locked: a misspelled key or a value of the wrong type is an error before anything is built. Running the
-same command on an existing workdir resumes it; a finished run is not retrained.
+The config file is Python and is executed: load only files you trust. The config is locked: a misspelled key or a
+value of the wrong type is an error before anything is built. Running the same command on an existing workdir
+resumes it; a finished run is not retrained. SIGTERM or Ctrl-C saves a checkpoint and exits with code 75.
 """
 
 import logging
+import sys
 
 from absl import app
 from absl import flags
@@ -20,28 +22,56 @@ flags.DEFINE_enum('mode', 'train', ['train', 'evaluate'],
 flags.mark_flags_as_required(['config', 'workdir'])
 FLAGS = flags.FLAGS
 
+EXIT_PREEMPTED = 75   # EX_TEMPFAIL: stopped by a signal after saving; run the same command again
+# User errors: bad config values, missing data or checkpoints, unwritable or full disks, a diverged run. Each message
+# names the bad value and what to do, so it is printed as one line without a traceback.
+USER_ERRORS = (ValueError, OSError, FloatingPointError)
+
+
+def show_progress() -> None:
+  """lm_jax's own progress at INFO; other libraries (Orbax logs every file it writes) only from WARNING up."""
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  logging.getLogger('lm_jax').setLevel(logging.INFO)
+
+
+def run(config, workdir: str, mode: str) -> int:
+  """Validates, then trains or evaluates; returns the exit code. User errors exit with one line naming the cause."""
+  # Imported here so that flag and config errors are reported before JAX and TFDS load.
+  from lm_jax import configs  # pylint: disable=g-import-not-at-top
+  try:
+    configs.validate(config)
+    from lm_jax import train  # pylint: disable=g-import-not-at-top
+    try:
+      if mode == 'train':
+        train.train_and_evaluate(config, workdir)
+      else:
+        train.evaluate_workdir(config, workdir)
+    except train.Preempted as e:
+      print(f'lm_jax.main: {e}', file=sys.stderr)
+      return EXIT_PREEMPTED
+  except USER_ERRORS as e:
+    print(f'lm_jax.main: {e}', file=sys.stderr)
+    return 1
+  return 0
+
+
+def parse_flags(argv):
+  """absl's flag parsing, plus one line (not a traceback) when the config file itself fails to execute."""
+  try:
+    return app.parse_flags_with_usage(argv)
+  except Exception as e:  # pylint: disable=broad-exception-caught  # anything raised by executing the config file
+    path = next((a.split('=', 1)[1] for a in argv if a.startswith('--config=')), None)
+    if path is None and '--config' in argv[:-1]:
+      path = argv[argv.index('--config') + 1]
+    sys.exit(f'lm_jax.main: the config file {path!r} failed to load: {type(e).__name__}: {e}')
+
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  # Our progress at INFO; the libraries (Orbax logs every file it writes) only from WARNING up.
-  absl_logging.set_verbosity(absl_logging.WARNING)
-  logging.getLogger('lm_jax').setLevel(logging.INFO)
-  # Imported here so that flag and config errors are reported before JAX and TFDS load.
-  from lm_jax import configs  # pylint: disable=g-import-not-at-top
-  try:
-    configs.validate(FLAGS.config)
-  except ValueError as e:
-    raise SystemExit(f'lm_jax.main: {e}') from None
-  from lm_jax import train  # pylint: disable=g-import-not-at-top
-  try:
-    if FLAGS.mode == 'train':
-      train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    else:
-      train.evaluate_workdir(FLAGS.config, FLAGS.workdir)
-  except FileNotFoundError as e:  # missing data or checkpoints: the message says what to do
-    raise SystemExit(f'lm_jax.main: {e}') from None
+  show_progress()
+  return run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -16,6 +16,7 @@ import numpy as np
 from experiments import base
 from lm_jax import models
 from lm_jax.models import layers
+from lm_jax.models import random_bits
 from lm_jax.models import transformer
 
 VOCAB = 37
@@ -299,7 +300,7 @@ class LayersTest(chex.TestCase):
     for key, counter, expected in [((0, 0), (0, 0), (0x6b200159, 0x99ba4efe)),
                                    ((0xffffffff,) * 2, (0xffffffff,) * 2, (0x1cb996fc, 0xbb002be7)),
                                    ((0x13198a2e, 0x03707344), (0x243f6a88, 0x85a308d3), (0xc4923a9c, 0x483df7a0))]:
-      words = layers.threefry2x32(*(jnp.uint32(w) for w in key + counter))
+      words = random_bits.threefry2x32(*(jnp.uint32(w) for w in key + counter))
       self.assertEqual(tuple(int(w) for w in words), expected)
 
   def test_dropout_zeroes_rate_and_scales_the_rest(self):

@@ -4,12 +4,13 @@ Heads return float32 logits computed with float32 accumulation (bfloat16 inputs,
 bfloat16 compute never rounds the logits themselves.
 """
 
-import math
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from lm_jax.models.random_bits import random_bits
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 POOLINGS = ('cls', 'mean')
@@ -27,43 +28,12 @@ def check_dropout(rate: float) -> None:
     raise ValueError(f'model.dropout={rate!r} must be in [0, 1).')
 
 
-def _rotate_left(v, r: int):
-  return (v << jnp.uint32(r)) | (v >> jnp.uint32(32 - r))
-
-
-def threefry2x32(k0, k1, x0, x1):
-  """Threefry-2x32, 20 rounds (Salmon et al., 2011): uint32 key words k0, k1 and counters x0, x1 → two uint32 words.
-
-  Bit-identical to `jax.extend.random.threefry_2x32`, but plain jnp ops: XLA fuses them into the consumer, whereas
-  on CPU jax.random runs Threefry as a rolled while loop over whole arrays (~5x slower per element, measured).
-  """
-  keys = (k0, k1, k0 ^ k1 ^ jnp.uint32(0x1BD11BDA))
-  x0, x1 = x0 + k0, x1 + k1
-  for i in range(5):
-    for r in ((13, 15, 26, 6), (17, 29, 16, 24))[i % 2]:
-      x0 = x0 + x1
-      x1 = _rotate_left(x1, r) ^ x0
-    x0 = x0 + keys[(i + 1) % 3]
-    x1 = x1 + keys[(i + 2) % 3] + jnp.uint32(i + 1)
-  return x0, x1
-
-
-def random_bits(key: jax.Array, shape: Sequence[int]) -> jax.Array:
-  """uint32 `shape`: Threefry-2x32 of the counters (0, 0), (1, 0), … under two key words drawn from `key`."""
-  size = math.prod(shape)
-  if size >= 2 ** 32:
-    raise ValueError(f'random_bits: {size} elements exceed the 2^32 counters of one key; shape {tuple(shape)}.')
-  k0, k1 = jax.random.bits(key, (2,), jnp.uint32)
-  counters = jax.lax.iota(jnp.uint32, size).reshape(shape)
-  return threefry2x32(k0, k1, counters, jnp.zeros_like(counters))[0]
-
-
 class Dropout(nn.Module):
   """Inverted dropout with rng collection 'dropout': with `train`, each element is zeroed with probability `rate`
   and the rest scaled by 1 / (1 - rate); without, the identity.
 
-  The bits come from `random_bits` rather than nn.Dropout's jax.random.bernoulli: on CPU the latter made the nine
-  dropouts of the 4-layer BERT-like train step ~13% of its time, `random_bits` ~2% (measured).
+  The bits come from `random_bits`, which XLA fuses into the mask, rather than nn.Dropout's
+  jax.random.bernoulli, which on CPU runs as a separate loop over the whole array.
   """
   rate: float
 
@@ -76,6 +46,11 @@ class Dropout(nn.Module):
     threshold = min(round(self.rate * 2.0 ** 32), 2 ** 32 - 1)
     keep = random_bits(self.make_rng('dropout'), x.shape) >= jnp.uint32(threshold)
     return jnp.where(keep, x / (1.0 - self.rate), jnp.zeros((), x.dtype))
+
+
+def add_bias(x: jax.Array, bias_F: jax.Array) -> jax.Array:
+  """`x [..., F] + bias [F]` with the bias's rank made explicit (tests run with rank promotion as an error)."""
+  return x + bias_F.reshape((1,) * (x.ndim - 1) + bias_F.shape)
 
 
 def mean_pool(h_BxTxD: jax.Array, inputs_BxT: jax.Array) -> jax.Array:
@@ -94,8 +69,8 @@ class Logits(nn.Module):
   def __call__(self, x_BxF):
     kernel_FxC = self.param('kernel', nn.initializers.lecun_normal(), (x_BxF.shape[-1], self.features), jnp.float32)
     bias_C = self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32)
-    return jnp.einsum('...f,fc->...c', x_BxF.astype(self.dtype), kernel_FxC.astype(self.dtype),
-                      preferred_element_type=jnp.float32) + bias_C
+    return add_bias(jnp.einsum('...f,fc->...c', x_BxF.astype(self.dtype), kernel_FxC.astype(self.dtype),
+                               preferred_element_type=jnp.float32), bias_C)
 
 
 class ClassifierHead(nn.Module):
@@ -129,5 +104,5 @@ class OutputHead(nn.Module):
     if not self.tie_embeddings:
       return Logits(self.vocab_size, self.dtype, name='output')(h_BxTxD)
     bias_V = self.param('bias', nn.initializers.zeros, (self.vocab_size,), jnp.float32)
-    return jnp.einsum('btd,vd->btv', h_BxTxD.astype(self.dtype), token_embed.embedding.astype(self.dtype),
-                      preferred_element_type=jnp.float32) + bias_V
+    return add_bias(jnp.einsum('btd,vd->btv', h_BxTxD.astype(self.dtype), token_embed.embedding.astype(self.dtype),
+                               preferred_element_type=jnp.float32), bias_V)
