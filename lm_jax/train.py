@@ -426,7 +426,8 @@ def train_loop(run: Run, train_iter, writer, log_window: list[dict], signals: St
     pending.append(step_metrics)
     at_log = due(step, config.train.log_every_steps, total)
     at_eval = due(step, config.train.eval_every_steps, total)
-    at_ckpt = due(step, config.train.checkpoint_every_steps, total) or signals.received
+    stop = signals.received   # read once: a signal arriving later is handled after the next step
+    at_ckpt = due(step, config.train.checkpoint_every_steps, total) or stop
     if not (at_log or at_eval or at_ckpt or step % SYNC_EVERY_STEPS == 0):
       continue
     # Sync point (waits for the device): fetch the queued metrics, so a NaN is caught before it is checkpointed.
@@ -455,10 +456,10 @@ def train_loop(run: Run, train_iter, writer, log_window: list[dict], signals: St
     if at_ckpt:
       loop_state = {'data': train_iter.get_state(), 'log_window': log_window,
                     'metrics_lines': writer.lines if writer else 0}
-      run.ckpt.save(step, state, loop_state=loop_state, metrics=val_metrics, force=bool(signals.received))
-    if signals.received:
+      run.ckpt.save(step, state, loop_state=loop_state, metrics=val_metrics, force=bool(stop))
+    if stop:
       run.ckpt.wait_until_finished()
-      raise Preempted(step, signals.received, run.workdir)
+      raise Preempted(step, stop, run.workdir)
   return state, val_metrics
 
 
