@@ -110,12 +110,13 @@ class Checkpointer:
     self.wait_until_finished()
     errors = {}
     for step in sorted(set(self._manager.all_steps()) - self._damaged, reverse=True):
+      self._check_params_match(step, abstract_state)
       try:
         restored = self._manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), loop_state=ocp.args.JsonRestore()))
       except Exception as e:  # pylint: disable=broad-exception-caught  # any read failure means a damaged step
         log.warning('checkpoint: step %d in %s is damaged (%s: %s); falling back to the previous step.', step,
-                        self.directory, type(e).__name__, e)
+                  self.directory, type(e).__name__, e)
         errors[step] = f'{type(e).__name__}: {e}'
         continue
       # Only now are the failed steps known to be damaged rather than unreadable with this abstract_state (when
@@ -126,6 +127,24 @@ class Checkpointer:
       raise ValueError(f'No checkpoint in {self.directory} could be restored:\n'
                        + '\n'.join(f'step {step}: {error}' for step, error in errors.items()))
     return None
+
+  def _check_params_match(self, step: int, abstract_state: Any) -> None:
+    """Raises ValueError listing every param whose path, shape or dtype differs from the checkpoint's.
+
+    A checkpoint of another model (another shape, or a tokenizer with another vocabulary) is not damaged: falling
+    back to earlier steps would not help, and nothing may be deleted. Unreadable metadata is left to `restore`.
+    """
+    params = abstract_state['params'] if isinstance(abstract_state, dict) else abstract_state.params
+    try:
+      with contextlib.closing(ocp.PyTreeCheckpointHandler()) as handler:
+        saved = _flatten(handler.metadata(self.directory / str(step) / 'state').tree['params'])
+    except Exception:  # pylint: disable=broad-exception-caught  # damaged metadata: restore reports it
+      return
+    target = _flatten(params)
+    if problems := _mismatches(saved, target, set()):
+      problems += [f'{p}: in the checkpoint only' for p in sorted(set(saved) - set(target))]
+      raise ValueError(f'The checkpoint at step {step} in {self.directory} holds another model: {len(problems)} '
+                       'parameter(s) differ from the model this config and tokenizer build:\n  ' + '\n  '.join(problems))
 
   def _delete_damaged(self) -> None:
     for step in sorted(self._damaged):

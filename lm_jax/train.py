@@ -187,26 +187,30 @@ def check_batch_sizes(config, num_devices):
 
 
 def prepare_workdir(config, workdir):
-  """Creates the workdir and saves the resolved config; refuses a workdir of another model or data."""
+  """Creates the workdir; refuses a file, an unwritable directory, or a workdir of another model or data."""
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise NotADirectoryError(f'--workdir={workdir!r} is a file; give a directory (it is created if missing).')
   os.makedirs(workdir, exist_ok=True)
   if not os.access(workdir, os.W_OK):
     raise PermissionError(f'--workdir={workdir!r} is not writable.')
   path = os.path.join(workdir, 'config.json')
-  current = json.loads(config.to_json())
   if os.path.exists(path):
     with open(path) as f:
       saved = json.load(f)
+    current = json.loads(config.to_json())
     changed = [f'{section}.{key}: {saved[section].get(key)!r} -> {value!r}'
                for section in FROZEN_SECTIONS for key, value in current[section].items()
                if saved.get(section, {}).get(key) != value]
     if changed:
       raise ValueError(f'{workdir} holds a run of another model or data ({"; ".join(changed)}). Use a new --workdir, '
                        'or set config.init_from to start from its weights.')
+
+
+def save_config(config, workdir):
+  """WORKDIR/config.json: the resolved config of the run, written once its checkpoint (if any) has restored."""
   if jax.process_index() == 0:
-    with open(path, 'w') as f:
-      json.dump(current, f, indent=2)
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      json.dump(json.loads(config.to_json()), f, indent=2)
 
 
 def inherit_tokenizer(init_from, workdir):
@@ -346,6 +350,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, devic
   if restored is not None:
     _, run.state, loop_state = restored
     train_iter.set_state(loop_state['data'])
+  save_config(config, workdir)
   step = int(run.state.step)
   results_path = os.path.join(workdir, 'results.json')
   if step >= run.total_steps and os.path.exists(results_path):
