@@ -15,11 +15,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def main_command(workdir, data_dir, *extra):
-  """`python -m lm_jax.main --config experiments/imdb.py:local`, shrunk to a few steps of a tiny model."""
+  """`python -m lm_jax.main --config experiments/imdb.py:local`, shrunk to a tiny model and 40 steps."""
   overrides = {'data.tfds_data_dir': data_dir, 'data.download': False, 'data.vocab_size': 300, 'data.max_len': 64,
                'model.num_layers': 1, 'model.d_model': 32, 'model.num_heads': 2, 'model.mlp_dim': 64,
-               'train.num_steps': 6, 'train.log_every_steps': 2, 'train.eval_every_steps': 3,
-               'train.checkpoint_every_steps': 3, 'train.eval_batch_size': 16}
+               'optim.learning_rate': 3e-3, 'optim.warmup_steps': 5, 'train.num_steps': 40,
+               'train.log_every_steps': 10, 'train.eval_every_steps': 20, 'train.checkpoint_every_steps': 20,
+               'train.eval_batch_size': 16}
   args = [f'--config.{key}={value}' for key, value in overrides.items()]
   return subprocess.run([sys.executable, '-m', 'lm_jax.main', '--config', 'experiments/imdb.py:local', '--workdir',
                          workdir, *args, *extra], cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -45,17 +46,20 @@ class ImdbMainCommandTest(chex.TestCase):
     workdir = os.path.join(self.tmp.name, 'run')
     first = main_command(workdir, self.data_dir)
     self.assertEqual(first.returncode, 0, first.stderr[-3000:])
-    self.assertIn('step 6/6 | loss', first.stderr)
+    self.assertIn('step 40/40 | loss', first.stderr)
     with open(os.path.join(workdir, 'results.json')) as f:
       results = json.load(f)
     self.assertEqual(set(results), {'step', 'validation', 'test'})
-    for split in ('validation', 'test'):
-      self.assertBetween(results[split]['accuracy'], 0.0, 1.0)
+    # The generated reviews name their label ('train pos 7 good film ...'): a classifier that trains finds it in the
+    # held-out validation reviews. (Test reviews start with 'test', a word the tokenizer never saw, so the label
+    # word sits at another position there: no such promise for them.)
+    self.assertGreaterEqual(results['validation']['accuracy'], 0.9, results)
+    self.assertTrue(0.0 <= results['test']['accuracy'] <= 1.0 and results['test']['loss'] > 0, results)
 
     again = main_command(workdir, self.data_dir)  # a finished run is not retrained
     self.assertEqual(again.returncode, 0, again.stderr[-3000:])
     self.assertIn('is finished', again.stderr)
-    self.assertNotIn('step 2/6', again.stderr)
+    self.assertNotIn('step 10/40', again.stderr)
 
     evaluated = main_command(workdir, self.data_dir, '--mode=evaluate')
     self.assertEqual(evaluated.returncode, 0, evaluated.stderr[-3000:])

@@ -25,14 +25,16 @@ class MainFlagsTest(chex.TestCase):
     self.assertIn('learning_rat', result.stderr)
     self.assertIn('learning_rate', result.stderr)  # "Did you mean ..."
 
-  def test_wrong_type_fails_naming_it(self):
+  def test_wrong_type_fails_naming_value_and_type(self):
     result = run_main('--workdir', self.create_tempdir().full_path, '--config.train.batch_size=sixteen')
-    self.assertNotEqual(result.returncode, 0)
-    self.assertIn('batch_size', result.stderr)
+    self.assertEqual(result.returncode, 1)
+    self.assertIn("flag --config.train.batch_size=sixteen: invalid literal for int() with base 10: 'sixteen'",
+                  result.stderr)
 
   def test_bad_choice_fails_naming_value_and_allowed(self):
     result = run_main('--workdir', self.create_tempdir().full_path, '--config.optim.schedule=exp')
-    self.assertNotEqual(result.returncode, 0)
+    self.assertEqual(result.returncode, 1)
+    self.assertNotIn('Traceback', result.stderr)
     self.assertIn("config.optim.schedule='exp'", result.stderr)
     self.assertIn('cosine', result.stderr)
 
