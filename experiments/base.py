@@ -13,7 +13,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.seed = 12345                      # one seed: init, dropout (folded in per step), shuffling, MLM masks
   c.init_from = ''                    # '' = from scratch; else a workdir or an Orbax checkpoint step dir
   c.init_from_reinit = ''             # regex over param paths ('/'-joined) kept fresh rather than loaded, e.g. 'head'
-  c.distributed = False               # call jax.distributed.initialize() (multi-host)
+  c.distributed = False               # multi-host: join the job (main's --coordinator_address etc., or SLURM/TPU env)
 
   c.data = d = ml_collections.ConfigDict()
   d.name = 'imdb_reviews'             # imdb_reviews | wikipedia | text_files | csv | jsonl | mqar

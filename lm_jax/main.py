@@ -19,6 +19,12 @@ config_flags.DEFINE_config_file('config', None, 'Experiment config: experiments/
 flags.DEFINE_string('workdir', None, 'Run directory: config, tokenizer, checkpoints, metrics, results.')
 flags.DEFINE_enum('mode', 'train', ['train', 'evaluate'],
                   'train: train (or resume) then evaluate; evaluate: evaluate the latest checkpoint of the workdir.')
+flags.DEFINE_string('coordinator_address', None, 'Multi-host: host:port of process 0, the same on every host. '
+                    'Unset with config.distributed=True: JAX reads it from SLURM, Open MPI or TPU environments.')
+flags.DEFINE_integer('num_processes', None, 'Multi-host: the number of processes (one per host).')
+flags.DEFINE_integer('process_id', None, 'Multi-host: this process\'s index, 0..num_processes-1.')
+flags.DEFINE_integer('heartbeat_timeout', 60, 'Multi-host: seconds after which a silent process counts as dead and '
+                     'the others stop with an error.')
 flags.mark_flags_as_required(['config', 'workdir'])
 FLAGS = flags.FLAGS
 
@@ -28,10 +34,20 @@ EXIT_PREEMPTED = 75   # EX_TEMPFAIL: stopped by a signal after saving; run the s
 USER_ERRORS = (ValueError, OSError, FloatingPointError)
 
 
-def show_progress() -> None:
-  """lm_jax's own progress at INFO; other libraries (Orbax logs every file it writes) only from WARNING up."""
+def show_progress(process_index: int) -> None:
+  """lm_jax's own progress at INFO (process 0 only); other libraries (Orbax logs every file) from WARNING up."""
   absl_logging.set_verbosity(absl_logging.WARNING)
-  logging.getLogger('lm_jax').setLevel(logging.INFO)
+  logging.getLogger('lm_jax').setLevel(logging.INFO if process_index == 0 else logging.WARNING)
+
+
+def initialize_distributed(config) -> None:
+  """Joins the multi-host job before anything touches a device; a no-op for a single process."""
+  if not (config.distributed or FLAGS.coordinator_address):
+    return
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')   # CPU hosts; GPUs and TPUs use their own
+  jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                             heartbeat_timeout_seconds=FLAGS.heartbeat_timeout)
 
 
 def run(config, workdir: str, mode: str) -> int:
@@ -69,7 +85,12 @@ def parse_flags(argv):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  show_progress()
+  try:
+    initialize_distributed(FLAGS.config)
+  except (ValueError, RuntimeError) as e:   # e.g. no coordinator reachable within the initialization timeout
+    print(f'lm_jax.main: joining the multi-host job failed: {e}', file=sys.stderr)
+    return 1
+  show_progress(FLAGS.process_id or 0)
   return run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
 
 

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -228,6 +229,26 @@ def inherit_tokenizer(init_from, workdir):
     shutil.copytree(source, own)
 
 
+def prepare_data(config, workdir) -> data_lib.Data:
+  """The run's Data. With several processes, process 0 makes the tokenizer (and tokenizes) first; the others wait,
+  then load what it saved, so that a tokenizer is trained once and every process reads token ids the same way."""
+
+  def load():
+    if config.init_from:
+      inherit_tokenizer(config.init_from, workdir)
+    data = data_lib.build(config.data, task=config.model.task, seed=config.seed,
+                          tokenizer_dir=os.path.join(workdir, 'tokenizer'))
+    for split in ('train', *data.eval_splits):
+      data.rows(split)
+    return data
+
+  if jax.process_count() == 1:
+    return load()
+  data = load() if jax.process_index() == 0 else None
+  multihost_utils.sync_global_devices('lm_jax: process 0 prepared the tokenizer and the data')
+  return data or load()
+
+
 def total_steps_of(config, data) -> int:
   if config.train.num_steps > 0:
     return config.train.num_steps
@@ -262,15 +283,10 @@ class Run:
 
 def prepare_run(config, workdir, devices=None) -> Run:
   """Checks the config against the devices and the workdir, then builds everything a run needs but the loop."""
-  if config.distributed:
-    jax.distributed.initialize()
   mesh = make_mesh(devices)
   check_batch_sizes(config, mesh.size)
   prepare_workdir(config, workdir)
-  if config.init_from:
-    inherit_tokenizer(config.init_from, workdir)
-  data = data_lib.build(config.data, task=config.model.task, seed=config.seed,
-                        tokenizer_dir=os.path.join(workdir, 'tokenizer'))
+  data = prepare_data(config, workdir)
   if config.model.task == 'classification' and data.num_labels() > config.model.num_classes:
     # Out-of-range labels would not fail: the loss would silently train on clamped labels.
     raise ValueError(f'The data has labels 0..{data.num_labels() - 1}, more than '
