@@ -159,6 +159,10 @@ class TableTest(chex.TestCase):
     self.assertEqual(sorted(_segments(data, 'train') + _segments(data, 'validation')),
                      sorted(r['review'] for r in rows))
 
+  def _read(self, cfg, task):
+    """Builds the Data and reads its train split: a file's content is read only then."""
+    data_lib.build(cfg, task=task, seed=0, tokenizer_dir=self.create_tempdir().full_path).num_examples('train')
+
   def test_bad_tables(self):
     root = self.create_tempdir()
     rows = self._rows(5)
@@ -167,28 +171,28 @@ class TableTest(chex.TestCase):
     for fmt, where in (('csv', ':7'), ('jsonl', ':4')):
       cfg = _config(fmt, _write_table(root.full_path, fmt, rows), text_column='review', label_column='stars')
       with self.assertRaisesRegex(ValueError, f"{where}: label 'two'"):
-        data_lib.build(cfg, task='classification', seed=0, tokenizer_dir=self.create_tempdir().full_path)
+        self._read(cfg, 'classification')
       cfg.text_column = 'body'
       with self.assertRaisesRegex(ValueError, "'body'"):
-        data_lib.build(cfg, task='classification', seed=0, tokenizer_dir=self.create_tempdir().full_path)
+        self._read(cfg, 'classification')
     rows[2]['stars'] = '²'   # str.isdigit() says yes, int() says no
     cfg = _config('csv', _write_table(root.full_path, 'csv', rows), text_column='review', label_column='stars')
     with self.assertRaisesRegex(ValueError, ":7: label '²'"):
-      data_lib.build(cfg, task='classification', seed=0, tokenizer_dir=self.create_tempdir().full_path)
+      self._read(cfg, 'classification')
     cfg.label_column = ''
     with self.assertRaisesRegex(ValueError, 'data.label_column is empty'):
-      data_lib.build(cfg, task='classification', seed=0, tokenizer_dir=self.create_tempdir().full_path)
+      self._read(cfg, 'classification')
     cfg.text_column = ''
     with self.assertRaisesRegex(ValueError, 'data.text_column is empty'):
-      data_lib.build(cfg, task='lm', seed=0, tokenizer_dir=self.create_tempdir().full_path)
+      self._read(cfg, 'lm')
     root.create_file('short.csv', content='stars,review\n1,fine\n2\n')
     cfg = _config('csv', os.path.join(root.full_path, 'short.csv'), text_column='review')
     with self.assertRaisesRegex(ValueError, r"short.csv:3: the row has no field for column\(s\) \['review'\]"):
-      data_lib.build(cfg, task='lm', seed=0, tokenizer_dir=self.create_tempdir().full_path)
+      self._read(cfg, 'lm')
     root.create_file('broken.jsonl', content='{"review": "a", "stars": 1}\n{"review": \n')
     cfg = _config('jsonl', os.path.join(root.full_path, 'broken.jsonl'), text_column='review', label_column='stars')
     with self.assertRaisesRegex(ValueError, 'broken.jsonl:2: not a JSON object'):
-      data_lib.build(cfg, task='classification', seed=0, tokenizer_dir=self.create_tempdir().full_path)
+      self._read(cfg, 'classification')
 
 
 class RegistryTest(chex.TestCase):
