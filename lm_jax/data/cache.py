@@ -42,6 +42,7 @@ import shutil
 import socket
 import time
 from typing import Callable, Iterable, Iterator
+import warnings
 
 import numpy as np
 import tqdm
@@ -245,13 +246,17 @@ def _encoded(tokenizer, spec: dict, chunks: Iterator[tuple[list, list[int] | Non
     for raw, labels in chunks:
       yield *_encode_chunk(tokenizer, spec, raw), labels
     return
-  # spawn, not fork: the parent runs JAX's and grain's threads, which a forked child could deadlock on.
-  pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context('spawn'),
+  # fork: a spawned process would first import the parent's main module and JAX (seconds each). A forked child
+  # runs only this module's numpy, re and tokenizer code, never JAX, whose threads it does not inherit: JAX's
+  # warning that fork deadlocks multithreaded JAX code does not apply to it.
+  pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context('fork'),
                                                 initializer=_start_worker, initargs=(tokenizer,))
   try:
     pending = collections.deque()
     for raw, labels in chunks:
-      pending.append((pool.submit(_encode_in_worker, spec, raw), labels))
+      with warnings.catch_warnings():   # the first submit forks the workers
+        warnings.filterwarnings('ignore', 'os.fork', RuntimeWarning)
+        pending.append((pool.submit(_encode_in_worker, spec, raw), labels))
       if len(pending) >= _QUEUED_PER_WORKER * workers:
         future, labels = pending.popleft()
         yield *future.result(), labels

@@ -71,9 +71,6 @@ class SentencePieceTokenizer(_FixedSpecials):
       raise ValueError(f'SentencePiece model has special pieces {pieces}, expected {SPECIAL_PIECES} at ids 0..5.')
     self.encode_threads = os.cpu_count() or 1   # token cache workers set 1: they are the parallelism
 
-  def __reduce__(self):   # the processor does not pickle; the model bytes do (token cache workers)
-    return SentencePieceTokenizer, (self._proto,)
-
   @classmethod
   def train(cls, texts: Sequence[str], vocab_size: int) -> 'SentencePieceTokenizer':
     if not texts:
@@ -197,6 +194,7 @@ def save(tok, directory: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f'.{name}.')
     with os.fdopen(fd, 'wb') as f:
       f.write(data)
+    os.chmod(tmp, 0o644)   # mkstemp's 0600 would hide a shared cache's tokenizer from other users
     os.replace(tmp, os.path.join(directory, name))
 
 

@@ -125,9 +125,6 @@ class WordPieceTokenizer:
       return len(t[2:].encode()) if t.startswith('##') else len(t.encode()) + 1
     return np.array([size(t) for t in self._vocab], np.int32)
 
-  def __reduce__(self):   # the word cache does not pickle (token cache workers)
-    return WordPieceTokenizer, (self._vocab, self.lowercase)
-
   def meta(self) -> dict:
     """What tokenizer.json holds besides vocab.txt."""
     return {'kind': self.kind, 'lowercase': self.lowercase}
