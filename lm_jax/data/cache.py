@@ -92,14 +92,16 @@ def split_rows(cache_root: str, corpus: corpus_lib.Corpus, split: str, tokenizer
     raise ValueError(f'data.max_len={max_len} must be at least 3 for classification (cls, a token, sep).')
   spec = manifest(corpus, split, tokenizer, task=task, max_len=max_len)
   directory = os.path.join(cache_root, _key(spec))
-  if os.path.exists(os.path.join(directory, _MANIFEST)):
-    log.info('Split %s: reading the token cache %s.', split, directory)
-  else:
+  built = not os.path.exists(os.path.join(directory, _MANIFEST))
+  if built:
     _build(directory, spec, lambda out: _tokenize(out, corpus.views()[split], tokenizer, spec, workers))
   with open(os.path.join(directory, _MANIFEST), encoding='utf-8') as f:
     stored = json.load(f)
   if stored['manifest'] != json.loads(json.dumps(spec)):
     raise ValueError(f'{directory} holds the cache of {stored["manifest"]}, not of {spec}: delete it.')
+  if not built:
+    log.info('Split %s: reading the token cache %s (%d documents, %.1f MB of text).', split, directory,
+             stored['stats']['documents'], stored['stats']['text_bytes'] / 1e6)
   load = lambda name: np.load(os.path.join(directory, name), mmap_mode='r', allow_pickle=False)
   if task == 'classification':
     labels = load('label.npy')
@@ -169,8 +171,8 @@ def _tokenize(out: str, views: tuple[corpus_lib.View, ...], tokenizer, spec: dic
     else:
       _write_packed(out, encoded, tokenizer.vocab_size, stats, bar)
   seconds = time.perf_counter() - start
-  log.info('Split %s: %d documents, %.1f MB of text tokenized in %.1fs (%.1f MB/s).', spec['split'], stats.documents,
-           stats.text_bytes / 1e6, seconds, stats.text_bytes / 1e6 / seconds)
+  log.info('Split %s: %.1f MB of text tokenized in %.1fs (%.1f MB/s); %s.', spec['split'], stats.text_bytes / 1e6,
+           seconds, stats.text_bytes / 1e6 / seconds, stats)
   return stats
 
 

@@ -15,11 +15,13 @@ and `text_bytes`, the UTF-8 size of the cleaned text.
 """
 
 import dataclasses
+import logging
 import re
 from typing import Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 
+log = logging.getLogger(__name__)
 # The validation carve must not depend on config.seed: every run of a dataset is validated on the same documents.
 _CARVE_SEED = 20240601
 # C0 and C1 controls (U+0085 is a line break: it counts as whitespace) and the byte order mark.
@@ -184,6 +186,7 @@ def sample_texts(views: Sequence[View], num_docs: int) -> list[str]:
   sizes = [len(v.indices) for v in views]
   ends = np.cumsum(sizes)
   total = int(ends[-1])
+  log.info('Reading %d of the %d training documents to train the tokenizer on.', min(num_docs, total), total)
   # Index sampling: only the chosen documents are read, whatever the corpus size.
   chosen = np.sort(np.random.default_rng(_CARVE_SEED).choice(total, min(num_docs, total), replace=False))
   picked = []

@@ -164,7 +164,6 @@ def text_data(corpus: corpus_lib.Corpus, data_config, *, task: str, seed: int, t
   def make(split: str) -> packing.Rows:
     rows, stats[split] = cache.split_rows(cache_root, corpus, split, tokenizer, task=task,
                                           max_len=data_config.max_len)
-    log.info('Split %s text: %s', split, stats[split])
     return rows
 
   return Data(tokenizer, {s: functools.partial(make, s) for s in corpus.split_names}, task=task, seed=seed,
