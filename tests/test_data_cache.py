@@ -84,7 +84,7 @@ class CacheTest(chex.TestCase):
     tokens, ends = packing.pack([[tok.encode(d) for d in docs]], tok.eos_id, tok.vocab_size)
     want = packing.PackedRows(tokens, ends, 16, next_token_targets=True)
     rows = data.rows('train')
-    self.assertIsInstance(rows.tokens, np.memmap)
+    self.assertIsInstance(rows.tokens, np.memmap)   # mapped, not loaded
     self.assertEqual(rows.tokens.dtype, np.uint16)
     chex.assert_trees_all_equal(_all_rows(data, 'train'), want.take(np.arange(len(want))))
     self.assertEqual(data.stats['train'].documents, 120)
