@@ -92,14 +92,14 @@ def split_rows(cache_root: str, corpus: corpus_lib.Corpus, split: str, tokenizer
     raise ValueError(f'data.max_len={max_len} must be at least 3 for classification (cls, a token, sep).')
   spec = manifest(corpus, split, tokenizer, task=task, max_len=max_len)
   directory = os.path.join(cache_root, _key(spec))
-  built = not os.path.exists(os.path.join(directory, _MANIFEST))
-  if built:
+  missing = not os.path.exists(os.path.join(directory, _MANIFEST))
+  if missing:
     _build(directory, spec, lambda out: _tokenize(out, corpus.views()[split], tokenizer, spec, workers))
   with open(os.path.join(directory, _MANIFEST), encoding='utf-8') as f:
     stored = json.load(f)
   if stored['manifest'] != json.loads(json.dumps(spec)):
     raise ValueError(f'{directory} holds the cache of {stored["manifest"]}, not of {spec}: delete it.')
-  if not built:
+  if not missing:
     log.info('Split %s: reading the token cache %s (%d documents, %.1f MB of text).', split, directory,
              stored['stats']['documents'], stored['stats']['text_bytes'] / 1e6)
   load = lambda name: np.load(os.path.join(directory, name), mmap_mode='r', allow_pickle=False)
