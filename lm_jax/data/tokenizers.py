@@ -221,25 +221,29 @@ def load(directory: str):
   return _KINDS[meta['kind']].load(directory, meta)
 
 
+def _sentencepiece(data_config, train_texts: Callable[[], list[str]], trained_dir: str) -> SentencePieceTokenizer:
+  train = lambda: SentencePieceTokenizer.train(train_texts(), data_config.vocab_size)
+  return load_or_make(trained_dir, SentencePieceTokenizer.kind, train) if trained_dir else train()
+
+
+# data.tokenizer -> (data_config, train_texts, trained_dir) -> a new tokenizer; the keys are the allowed values.
+MAKERS = {
+    'sentencepiece': _sentencepiece,
+    'wordpiece': lambda cfg, *_: wordpiece.WordPieceTokenizer.from_vocab_file(cfg.wordpiece_vocab, cfg.lowercase),
+    'bytes': lambda *_: ByteTokenizer(),
+}
+
+
 def get(data_config, tokenizer_dir: str, train_texts: Callable[[], list[str]], trained_dir: str = ''):
   """The tokenizer saved in `tokenizer_dir`, else a new one (config.data.tokenizer) saved there.
 
   A SentencePiece model is taken from `trained_dir` when it holds one (the token cache's, keyed by the training
   data and vocab size), else trained on `train_texts()` and saved there too.
   """
-  def sentencepiece():
-    train = lambda: SentencePieceTokenizer.train(train_texts(), data_config.vocab_size)
-    return load_or_make(trained_dir, SentencePieceTokenizer.kind, train) if trained_dir else train()
-
-  makers = {
-      'sentencepiece': sentencepiece,
-      'wordpiece': lambda: wordpiece.WordPieceTokenizer.from_vocab_file(data_config.wordpiece_vocab,
-                                                                         data_config.lowercase),
-      'bytes': ByteTokenizer,
-  }
-  if data_config.tokenizer not in makers:
-    raise ValueError(f'data.tokenizer={data_config.tokenizer!r}; allowed: {", ".join(makers)}.')
-  return load_or_make(tokenizer_dir, data_config.tokenizer, makers[data_config.tokenizer])
+  if data_config.tokenizer not in MAKERS:
+    raise ValueError(f'data.tokenizer={data_config.tokenizer!r}; allowed: {", ".join(MAKERS)}.')
+  make = MAKERS[data_config.tokenizer]
+  return load_or_make(tokenizer_dir, data_config.tokenizer, lambda: make(data_config, train_texts, trained_dir))
 
 
 def load_or_make(tokenizer_dir: str, kind: str, make: Callable[[], object]):
