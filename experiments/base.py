@@ -33,6 +33,7 @@ def get_config() -> ml_collections.ConfigDict:
   d.use_unsupervised = False          # imdb_reviews: add the 50k unlabelled reviews (lm/mlm pretraining only)
   d.mlm_probability = 0.15            # BERT masking: of the chosen positions 80% [MASK], 10% random, 10% kept
   d.max_documents = -1                # cap on documents read per split (-1 = all); for quick local runs
+  d.cache_dir = ''                    # token cache dir; '' = beside the data (TFDS dir/lm_jax_cache, .lm_jax_cache)
   d.mqar = ml_collections.ConfigDict()
   d.mqar.num_pairs = 8                # key-value pairs per example
   d.mqar.num_queries = 8              # queried keys per example (scored positions)

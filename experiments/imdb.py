@@ -3,9 +3,9 @@
   python -m lm_jax.main --config experiments/imdb.py --workdir runs/imdb
   python -m lm_jax.main --config experiments/imdb.py:local --workdir runs/imdb_local   # small, for 2 CPU cores
 
-Optimizer and schedule follow the seed (AdamW, eps 1e-8, weight decay 0.01, 500 warmup steps, 3 epochs, batch 16,
-eval batch 64). The seed's lr 2e-5 is for fine-tuning a pretrained BERT (see imdb_finetune.py); an encoder trained
-from scratch barely moves at 2e-5 in 3 epochs, so it gets 3e-4, the usual peak for a small pre-LN transformer.
+Optimizer and schedule follow the original recipe (AdamW, eps 1e-8, weight decay 0.01, 500 warmup steps, 3 epochs,
+batch 16, eval batch 64). Its lr 2e-5 is for fine-tuning a pretrained BERT (see imdb_bert.py); an encoder trained from
+scratch barely moves at 2e-5 in 3 epochs, so it gets 3e-4, the usual peak for a small pre-LN transformer.
 """
 
 from experiments import base

@@ -1,7 +1,8 @@
 """Orbax checkpoints of a run, and the params of another run for `init_from`.
 
 Layout (one Orbax CheckpointManager): `DIR/<step>/state` (the train-state pytree: params, opt_state, step, rng),
-`DIR/<step>/loop_state` (JSON: the data iterator's position and the loop's log window) and, for steps saved with metrics, `DIR/<step>/metrics`.
+`DIR/<step>/loop_state` (JSON: the data iterator's position, the open log window, the metrics.jsonl length) and, for
+steps saved with metrics, `DIR/<step>/metrics`.
 Kept: the latest `max_to_keep` steps plus the best step by `metrics[best_metric]`, so resume always finds the latest.
 
 A step that was finalized but is damaged later (files missing or corrupt) fails only when it is read: `restore`
@@ -144,7 +145,8 @@ class Checkpointer:
     if problems := _mismatches(saved, target, set()):
       problems += [f'{p}: in the checkpoint only' for p in sorted(set(saved) - set(target))]
       raise ValueError(f'The checkpoint at step {step} in {self.directory} holds another model: {len(problems)} '
-                       'parameter(s) differ from the model this config and tokenizer build:\n  ' + '\n  '.join(problems))
+                       'parameter(s) differ from the model this config and tokenizer build:\n  '
+                       + '\n  '.join(problems))
 
   def _delete_damaged(self) -> None:
     for step in sorted(self._damaged):

@@ -29,7 +29,7 @@ def _choices() -> dict:
   return {
       'model.name': tuple(models.MODELS),
       'data.name': tuple(data.SOURCES),
-      'data.tokenizer': tokenizers.CONFIGURABLE,
+      'data.tokenizer': tuple(tokenizers.MAKERS),
       'model.attention_bias': transformer.ATTENTION_BIASES,
       'model.positions': transformer.POSITIONS,
       'model.attention': transformer.ATTENTIONS,

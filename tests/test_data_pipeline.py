@@ -66,9 +66,9 @@ class PackingTest(chex.TestCase):
 
   def test_every_token_exactly_once(self):
     rng = np.random.default_rng(1)
-    docs = _random_docs(rng, 80, vocab=70000)   # > uint16: stored as int32
+    docs = _random_docs(rng, 80, vocab=70000)   # > uint16: stored as uint32
     tokens, ends = packing.pack([docs], 3, vocab_size=70000)
-    self.assertEqual(tokens.dtype, np.int32)
+    self.assertEqual(tokens.dtype, np.uint32)
     rows = packing.PackedRows(tokens, ends, 24, next_token_targets=True).take(np.arange(-(-len(tokens) // 24)))
     real = rows['segment_ids'] > 0
     np.testing.assert_array_equal(rows['inputs'][real], np.concatenate([d + [3] for d in docs]))

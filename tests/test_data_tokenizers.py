@@ -147,7 +147,7 @@ class WordPieceTest(chex.TestCase):
 
   def test_save_load_and_bad_vocabs(self):
     directory = self.create_tempdir().full_path
-    self.tok.save(directory)
+    tokenizers.save(self.tok, directory)
     loaded = tokenizers.load(directory)
     self.assertEqual(loaded.encode('Hello unaffable'), self.tok.encode('Hello unaffable'))
     self.assertTrue(loaded.lowercase)

@@ -1,6 +1,7 @@
 """wikipedia through tfds.testing.mock_data: packing keeps every token of every article once; lm and mlm batches."""
 
 import contextlib
+import tempfile
 import time
 from unittest import mock
 
@@ -15,6 +16,8 @@ from lm_jax.data import corpus as corpus_lib
 from lm_jax.data import tfds_source
 
 _NUM_ARTICLES = 200
+# The mock's data dir is inside the TFDS package, where the cache would go by default: one temporary cache instead.
+_CACHE = tempfile.TemporaryDirectory()
 
 
 @contextlib.contextmanager
@@ -34,6 +37,7 @@ def _config(**overrides):
   cfg = base.get_config().data
   cfg.name, cfg.tfds_name, cfg.download = 'wikipedia', 'wikipedia/20230601.en', False
   cfg.max_len, cfg.vocab_size = 32, 300
+  cfg.cache_dir = _CACHE.name
   for key, value in overrides.items():
     cfg[key] = value
   return cfg

@@ -150,7 +150,8 @@ class DiskFullTest(chex.TestCase):
     state = {'w': np.arange(4.0)}
     ckpt.save(1, state, loop_state={})
     ckpt.wait_until_finished()
-    with mock.patch.object(ckpt._manager, 'save', side_effect=OSError(28, 'No space left on device')):  # pylint: disable=protected-access
+    disk_full = OSError(28, 'No space left on device')
+    with mock.patch.object(ckpt._manager, 'save', side_effect=disk_full):  # pylint: disable=protected-access
       with self.assertRaisesRegex(OSError, r'Could not write checkpoint step 2 .*No space left on device.*'
                                   r'Earlier checkpoints are untouched \(steps \[1\]\)'):
         ckpt.save(2, state, loop_state={})

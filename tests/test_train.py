@@ -140,8 +140,8 @@ class TrainLoopTest(chex.TestCase):
     real_make_train_step = train.make_train_step
 
     with mock.patch.object(train, 'make_train_step', poisoned_train_step(from_step=7)):
-      with self.assertRaisesRegex(FloatingPointError, r'Loss is nan at step 8: stopping\. Non-finite gradient norms in: '
-                                  r'decoder/.*last good checkpoint \(step 5\)'):
+      with self.assertRaisesRegex(FloatingPointError, r'Loss is nan at step 8: stopping\. Non-finite gradient '
+                                  r'norms in: decoder/.*last good checkpoint \(step 5\)'):
         train.train_and_evaluate(config, workdir)
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), max_to_keep=3, best_metric='loss',
                                    best_mode='min')

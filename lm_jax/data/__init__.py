@@ -9,6 +9,10 @@ Batches are numpy dicts whose leading axis is this process's share of the global
                   next token is another document's), segment_ids and positions int32 [B, T] when packed
   mlm             inputs (masked), targets (original ids), weights (1 on masked positions), segment_ids, positions
 Eval batches are full-size, the last one filled up with rows whose weights are 0.
+
+Text datasets are tokenized once into the token cache (cache.py: data.cache_dir, or beside the dataset) and every
+later run, resume and evaluation reads its rows from there; `python -m lm_jax.data.prepare --config ...` builds it
+ahead of time.
 """
 
 from lm_jax.data import imdb

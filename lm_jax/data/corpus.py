@@ -1,23 +1,27 @@
 """Documents, splits and text cleaning shared by the text sources.
 
-A source describes each split as a tuple of `View`s: a random-access document collection plus the indices of the
-documents that belong to the split. Documents are read in chunks (`read_chunks`), so a large TFDS split is never held
-as Python strings all at once.
+A source describes its data as a `Corpus`: the split names and an identity (what the documents are) known without
+reading a document, and, read only when a split's token cache is built, each split as a tuple of `View`s: a
+random-access document collection plus the indices of the documents that belong to the split. Documents are read in
+chunks (`raw_chunks`), so a large split is never held as Python strings all at once.
 
 Every document passes through `clean_text`, which never fails and counts what it repaired in the split's `TextStats`:
   invalid_utf8    bytes that are not UTF-8 (or lone surrogates) became U+FFFD
   control_chars   control characters other than tab/newline were removed
   odd_whitespace  tabs, '\\r', no-break and other Unicode spaces became ' '
   empty           nothing was left after stripping (kept for classification, skipped when packing)
-  truncated       longer than the example length (classification) -- counted by the pipeline
+  truncated       longer than the example length (classification) -- counted by the token cache
+and `text_bytes`, the UTF-8 size of the cleaned text.
 """
 
 import dataclasses
+import logging
 import re
-from typing import Iterator, Protocol, Sequence
+from typing import Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 
+log = logging.getLogger(__name__)
 # The validation carve must not depend on config.seed: every run of a dataset is validated on the same documents.
 _CARVE_SEED = 20240601
 # C0 and C1 controls (U+0085 is a line break: it counts as whitespace) and the byte order mark.
@@ -35,6 +39,11 @@ class TextStats:
   control_chars: int = 0
   odd_whitespace: int = 0
   truncated: int = 0
+  text_bytes: int = 0
+
+  def add(self, other: 'TextStats') -> None:
+    for field in dataclasses.fields(self):
+      setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
 
 
 def clean_text(raw: bytes | str, stats: TextStats) -> str:
@@ -61,6 +70,7 @@ def clean_text(raw: bytes | str, stats: TextStats) -> str:
   stats.odd_whitespace += bool(n)
   text = text.strip()
   stats.empty += not text
+  stats.text_bytes += len(text.encode())
   return text
 
 
@@ -104,9 +114,30 @@ class View:
 
 @dataclasses.dataclass(frozen=True)
 class Corpus:
-  """Every split of a text source: 'train' first, then the evaluation splits in report order."""
-  splits: dict[str, tuple[View, ...]]
+  """A text source's splits: 'train' first, then the evaluation splits in report order.
+
+  identity: what the documents are (file paths with sizes and mtimes, a TFDS dataset's directory and sizes, the
+    options that select documents), JSON-serialisable: with the split and the tokenizer it keys the token cache;
+  views: () -> {split: views}; reads or indexes the documents, so it runs only when a split's cache is built
+    (sources wrap it in functools.cache);
+  home: the directory the token cache goes to when data.cache_dir is empty: beside the dataset.
+  """
+  split_names: tuple[str, ...]
   labelled: bool
+  identity: dict
+  views: Callable[[], dict[str, tuple[View, ...]]]
+  home: str
+
+
+def identity(data_config, **source) -> dict:
+  """The Corpus.identity of `source` (what a source reads) and the options that select its documents."""
+  return {'name': data_config.name, 'max_documents': data_config.max_documents,
+          'validation_fraction': data_config.validation_fraction, **source}
+
+
+def _check_fraction(fraction: float) -> None:
+  if not 0 <= fraction < 1:
+    raise ValueError(f'data.validation_fraction={fraction} must be in [0, 1).')
 
 
 def carve_validation(view: View, fraction: float) -> tuple[View, View | None]:
@@ -114,8 +145,7 @@ def carve_validation(view: View, fraction: float) -> tuple[View, View | None]:
 
   Both parts keep the original document order; together they hold every document of `view` exactly once.
   """
-  if not 0 <= fraction < 1:
-    raise ValueError(f'data.validation_fraction={fraction} must be in [0, 1).')
+  _check_fraction(fraction)
   if fraction == 0:
     return view, None
   n = len(view.indices)
@@ -128,6 +158,12 @@ def carve_validation(view: View, fraction: float) -> tuple[View, View | None]:
   return View(view.docs, view.indices[~held_out]), View(view.docs, view.indices[held_out])
 
 
+def train_and_validation_names(data_config) -> tuple[str, ...]:
+  """The split names `train_and_validation` gives."""
+  _check_fraction(data_config.validation_fraction)
+  return ('train', 'validation') if data_config.validation_fraction else ('train',)
+
+
 def train_and_validation(docs: Documents, data_config) -> dict[str, tuple[View, ...]]:
   """{'train': ..., 'validation': ...} views of the first data.max_documents of `docs`, data.validation_fraction
   of them carved out as validation (no 'validation' when the fraction is 0)."""
@@ -135,13 +171,12 @@ def train_and_validation(docs: Documents, data_config) -> dict[str, tuple[View, 
   return {'train': (train,)} if validation is None else {'train': (train,), 'validation': (validation,)}
 
 
-def read_chunks(views: Sequence[View], stats: TextStats, chunk_size: int = 4096
-                ) -> Iterator[tuple[list[str], list[int] | None]]:
-  """Yields (cleaned texts, labels or None) for the documents of `views`, in order, `chunk_size` at a time."""
+def raw_chunks(views: Sequence[View], chunk_size: int = 4096
+               ) -> Iterator[tuple[list[bytes | str], list[int] | None]]:
+  """Yields (raw texts, labels or None) for the documents of `views`, in order, `chunk_size` at a time."""
   for view in views:
     for start in range(0, len(view.indices), chunk_size):
-      raw, labels = view.docs.read(view.indices[start:start + chunk_size].tolist())
-      yield [clean_text(r, stats) for r in raw], labels
+      yield view.docs.read(view.indices[start:start + chunk_size].tolist())
 
 
 def sample_texts(views: Sequence[View], num_docs: int) -> list[str]:
@@ -150,9 +185,13 @@ def sample_texts(views: Sequence[View], num_docs: int) -> list[str]:
     raise ValueError(f'data.tokenizer_train_docs={num_docs} must be positive.')
   sizes = [len(v.indices) for v in views]
   ends = np.cumsum(sizes)
-  chosen = np.sort(np.random.default_rng(_CARVE_SEED).permutation(int(ends[-1]))[:num_docs])
+  total = int(ends[-1])
+  log.info('Reading %d of the %d training documents to train the tokenizer on.', min(num_docs, total), total)
+  # Index sampling: only the chosen documents are read, whatever the corpus size.
+  chosen = np.sort(np.random.default_rng(_CARVE_SEED).choice(total, min(num_docs, total), replace=False))
   picked = []
   for view, start, end in zip(views, ends - sizes, ends):
     local = chosen[(chosen >= start) & (chosen < end)] - start
     picked.append(View(view.docs, view.indices[local]))
-  return [t for texts, _ in read_chunks(picked, TextStats()) for t in texts if t]
+  stats = TextStats()
+  return [t for raw, _ in raw_chunks(picked) for t in (clean_text(r, stats) for r in raw) if t]

@@ -8,6 +8,7 @@ breaks '<br />' become newlines.
 """
 
 import dataclasses
+import functools
 
 from lm_jax.data import corpus as corpus_lib
 from lm_jax.data import pipeline
@@ -37,12 +38,19 @@ def read_corpus(data_config, task: str) -> corpus_lib.Corpus:
   if unsupervised and task == 'classification':
     raise ValueError('data.use_unsupervised adds unlabelled reviews: it is for lm/mlm, not classification.')
   splits = ('train', 'test') + (('unsupervised',) if unsupervised else ())
-  docs = {s: _Reviews(d) for s, d in tfds_source.open_splits(data_config, splits, download_host=_DOWNLOAD_HOST).items()}
-  views = corpus_lib.train_and_validation(docs['train'], data_config)
-  if unsupervised:
-    views['train'] += (corpus_lib.View.all(docs['unsupervised'], data_config.max_documents),)
-  views['test'] = (corpus_lib.View.all(docs['test'], data_config.max_documents),)
-  return corpus_lib.Corpus(views, labelled=True)
+  opened = tfds_source.open_splits(data_config, splits, download_host=_DOWNLOAD_HOST)
+  docs = {s: _Reviews(d) for s, d in opened.docs.items()}
+
+  def views():
+    split_views = corpus_lib.train_and_validation(docs['train'], data_config)
+    if unsupervised:
+      split_views['train'] += (corpus_lib.View.all(docs['unsupervised'], data_config.max_documents),)
+    split_views['test'] = (corpus_lib.View.all(docs['test'], data_config.max_documents),)
+    return split_views
+
+  return corpus_lib.Corpus(corpus_lib.train_and_validation_names(data_config) + ('test',), labelled=True,
+                           identity=corpus_lib.identity(data_config, **opened.identity, use_unsupervised=unsupervised),
+                           views=functools.cache(views), home=opened.home)
 
 
 SOURCE = pipeline.corpus_source(pipeline.TASKS, read_corpus)

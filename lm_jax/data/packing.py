@@ -51,15 +51,15 @@ class ArrayRows:
 class PackedRows:
   """Documents packed into rows of `length` tokens (see the module docstring).
 
-  tokens: the stream, every document followed by eos (uint16 or int32, to halve memory for big corpora);
-  doc_ends: exclusive end offset of each document in the stream (increasing, last == len(tokens)).
+  tokens: the stream, every document followed by eos (uint16 when the vocabulary allows, else uint32);
+  doc_ends: int64, exclusive end offset of each document in the stream (increasing, last == len(tokens)).
+  Both may be memory-mapped (the token cache): `take` reads only the rows it returns and copies neither array.
   """
 
   def __init__(self, tokens: np.ndarray, doc_ends: np.ndarray, length: int, *, next_token_targets: bool):
     if len(doc_ends) and doc_ends[-1] != len(tokens):
       raise ValueError(f'doc_ends ends at {doc_ends[-1]}, the stream has {len(tokens)} tokens.')
     self.tokens, self.doc_ends, self.length = tokens, np.asarray(doc_ends, np.int64), length
-    self.doc_starts = np.concatenate([[0], self.doc_ends[:-1]])
     self.next_token_targets = next_token_targets
 
   def __len__(self) -> int:
@@ -74,7 +74,8 @@ class PackedRows:
     doc_BxT = np.minimum(doc_BxT, len(self.doc_ends) - 1)
     inputs = np.where(real_BxT, self.tokens[np.minimum(offset_BxT, size - 1)], 0).astype(np.int32)
     segment_ids = np.where(real_BxT, doc_BxT - doc_BxT[:, :1] + 1, 0).astype(np.int32)
-    seg_start_BxT = np.maximum(self.doc_starts[doc_BxT], row_start_B[:, None])
+    doc_start_BxT = np.where(doc_BxT > 0, self.doc_ends[np.maximum(doc_BxT - 1, 0)], 0)
+    seg_start_BxT = np.maximum(doc_start_BxT, row_start_B[:, None])
     positions = np.where(real_BxT, offset_BxT - seg_start_BxT, 0).astype(np.int32)
     batch = {'inputs': inputs, 'segment_ids': segment_ids, 'positions': positions}
     if self.next_token_targets:
@@ -88,10 +89,16 @@ class PackedRows:
     return batch
 
 
+def token_dtype(vocab_size: int) -> type:
+  """The smallest unsigned type that holds every id of the vocabulary."""
+  return np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32
+
+
 def pack(chunks: Iterable[list[list[int]]], eos_id: int, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
-  """(stream, doc_ends) of the non-empty documents in `chunks` (lists of token lists), each followed by eos."""
-  dtype = np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.int32
-  streams, ends, total = [], [], 0
+  """(stream, doc_ends) of the non-empty documents in `chunks` (lists of token lists), each followed by eos;
+  empty when there are none."""
+  dtype = token_dtype(vocab_size)
+  streams, ends, total = [np.zeros(0, dtype)], [np.zeros(0, np.int64)], 0
   for lists in chunks:
     lists = [ids for ids in lists if ids]
     lengths = np.fromiter(map(len, lists), np.int64, len(lists))
@@ -99,8 +106,6 @@ def pack(chunks: Iterable[list[list[int]]], eos_id: int, vocab_size: int) -> tup
     streams.append(np.insert(flat, np.cumsum(lengths), eos_id))
     ends.append(total + np.cumsum(lengths + 1))
     total += int(lengths.sum()) + len(lists)
-  if not total:
-    raise ValueError('No non-empty documents to pack.')
   return np.concatenate(streams), np.concatenate(ends)
 
 

@@ -9,26 +9,29 @@ whose weights are 0, so every batch has the same shape.
 
 Random streams are keyed [seed, tag, index] with one tag per purpose: numpy pads keys with zeros ([s] draws what
 [s, 0, 0] draws), so keys of one length and distinct tags keep purposes apart; tag 0 is left to sources that generate
-examples (mqar). The permutation is numpy's, not grain's `shuffle`: that one permutes index by index in Python (95%
-of the batch time) and seeds epoch e with seed + e, so a run with seed s + 1 would replay the epochs of seed s.
+examples (mqar). The permutation is numpy's, not grain's `shuffle`: that one permutes index by index in Python, which
+costs more than assembling the batch, and seeds epoch e with seed + e, so a run with seed s + 1 would replay the
+epochs of seed s.
 
-Splits are tokenized on first use and kept in memory (classification: an int32 [N, T] array; lm/mlm: one packed
-token stream, 2 bytes per token when the vocabulary fits uint16).
+A split's rows are made on first use: text splits are memory-mapped from the token cache (cache.py), tokenized into
+it first when it does not exist yet, so a batch reads only its own rows from disk.
 """
 
 import dataclasses
 import functools
-import itertools
+import logging
 from typing import Callable
 
-from absl import logging
 import grain
 import jax
 import numpy as np
 
+from lm_jax.data import cache
 from lm_jax.data import corpus as corpus_lib
 from lm_jax.data import packing
 from lm_jax.data import tokenizers
+
+log = logging.getLogger(__name__)
 
 TASKS = ('classification', 'lm', 'mlm')
 # Enough to overlap batch assembly with the train step without holding many batches in memory.
@@ -61,7 +64,7 @@ class Data:
     self.tokenizer = tokenizer
     self.task = task
     self.eval_splits = tuple(s for s in splits if s != 'train')
-    self.stats = stats or {}   # split -> TextStats, filled in as text splits are tokenized
+    self.stats = {} if stats is None else stats   # split -> TextStats, filled in as text splits are read
     self._seed = seed
     self._make = splits
     self._rows: dict[str, packing.Rows] = {}
@@ -79,7 +82,7 @@ class Data:
       raise ValueError(f'Unknown split {split!r}; this dataset has {list(self._make)}.')
     if split not in self._rows:
       self._rows[split] = self._make[split]()
-      logging.info('Split %s: %d rows.', split, len(self._rows[split]))
+      log.info('Split %s: %d rows.', split, len(self._rows[split]))
     return self._rows[split]
 
   def num_examples(self, split: str) -> int:
@@ -146,51 +149,24 @@ class Data:
     return ds.to_iter_dataset(_READ_OPTIONS)
 
 
-def _classification_rows(views, tokenizer, max_len: int, stats: corpus_lib.TextStats) -> packing.ArrayRows:
-  """[cls, tokens[:max_len - 2], sep] padded with 0, the label, weight 1."""
-  if max_len < 3:
-    raise ValueError(f'data.max_len={max_len} must be at least 3 for classification (cls, a token, sep).')
-  token_lists, labels = [], []
-  for texts, chunk_labels in corpus_lib.read_chunks(views, stats):
-    token_lists += tokenizer.encode_batch(texts)
-    labels += chunk_labels
-  lengths = np.fromiter(map(len, token_lists), np.int64, len(token_lists))
-  stats.truncated += int((lengths > max_len - 2).sum())
-  kept = np.minimum(lengths, max_len - 2)
-  inputs = np.zeros((len(token_lists), max_len), np.int32)
-  inputs[:, 0] = tokenizer.cls_id
-  body = np.arange(max_len) - 1
-  flat = np.fromiter(itertools.chain.from_iterable(ids[:n] for ids, n in zip(token_lists, kept)), np.int32,
-                     int(kept.sum()))
-  inputs[(body >= 0) & (body < kept[:, None])] = flat   # row-major: fills each row's token slots in order
-  inputs[np.arange(len(kept)), kept + 1] = tokenizer.sep_id
-  return packing.ArrayRows({'inputs': inputs, 'label': np.asarray(labels, np.int32),
-                            'weights': np.ones(len(labels), np.float32)})
-
-
-def _packed_rows(views, tokenizer, max_len: int, stats: corpus_lib.TextStats, *, task: str) -> packing.PackedRows:
-  chunks = (tokenizer.encode_batch(texts) for texts, _ in corpus_lib.read_chunks(views, stats))
-  tokens, doc_ends = packing.pack(chunks, tokenizer.eos_id, tokenizer.vocab_size)
-  return packing.PackedRows(tokens, doc_ends, max_len, next_token_targets=task == 'lm')
-
-
 def text_data(corpus: corpus_lib.Corpus, data_config, *, task: str, seed: int, tokenizer_dir: str) -> Data:
-  """Data for `task` over a text corpus; the tokenizer is loaded from, or built and saved into, tokenizer_dir."""
+  """Data for `task` over a text corpus, its splits read from the token cache; the tokenizer is loaded from, or
+  built and saved into, tokenizer_dir (a trained SentencePiece model also into the cache, for other runs)."""
   if task == 'classification' and not corpus.labelled:
     raise ValueError(f'data.name={data_config.name!r} has no labels here; classification needs labelled data.')
-  tokenizer = tokenizers.get(data_config, tokenizer_dir,
-                             lambda: corpus_lib.sample_texts(corpus.splits['train'], data_config.tokenizer_train_docs))
-  stats = {split: corpus_lib.TextStats() for split in corpus.splits}
+  cache_root = cache.root(data_config, corpus)
+  tokenizer = tokenizers.get(
+      data_config, tokenizer_dir,
+      lambda: corpus_lib.sample_texts(corpus.views()['train'], data_config.tokenizer_train_docs),
+      trained_dir=cache.trained_tokenizer_dir(cache_root, corpus, data_config))
+  stats = {}
 
   def make(split: str) -> packing.Rows:
-    if task == 'classification':
-      rows = _classification_rows(corpus.splits[split], tokenizer, data_config.max_len, stats[split])
-    else:
-      rows = _packed_rows(corpus.splits[split], tokenizer, data_config.max_len, stats[split], task=task)
-    logging.info('Split %s text: %s', split, stats[split])
+    rows, stats[split] = cache.split_rows(cache_root, corpus, split, tokenizer, task=task,
+                                          max_len=data_config.max_len)
     return rows
 
-  return Data(tokenizer, {s: functools.partial(make, s) for s in corpus.splits}, task=task, seed=seed,
+  return Data(tokenizer, {s: functools.partial(make, s) for s in corpus.split_names}, task=task, seed=seed,
               mlm_probability=data_config.mlm_probability, stats=stats)
 
 

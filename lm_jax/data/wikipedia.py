@@ -2,13 +2,16 @@
 
 Articles ('text' feature) are tokenized, each followed by eos, and packed into rows of data.max_len tokens with
 segment ids and positions (see packing.py). 'validation' is data.validation_fraction of the articles, carved with
-a fixed seed; data.max_documents caps the articles read for quick runs. The whole split is tokenized into memory
-(2 bytes per token with a vocabulary under 65,536): full English Wikipedia is several GB, so use max_documents to
-size it to the machine.
+a fixed seed; data.max_documents caps the articles read for quick runs. The first run tokenizes each split once
+into the token cache (cache.py; 2 bytes per token with a vocabulary up to 65,536), in parallel over the cores, and
+every later run, resume and evaluation streams rows from it: build it ahead of time with
+`python -m lm_jax.data.prepare --config experiments/wikipedia_lm.py`.
 
 Preparing needs apache-beam, mwparserfromhell and mwxml and downloads the dump (~20 GB for English); TFDS's own
 prepared copies are tfrecord, which needs TensorFlow: prepare with file_format='array_record' instead.
 """
+
+import functools
 
 # Imported for its side effect: without TensorFlow, TFDS finds the wikipedia builder only after this import.
 from tensorflow_datasets.text import wikipedia as _  # pylint: disable=unused-import
@@ -28,10 +31,14 @@ def read_corpus(data_config, task: str) -> corpus_lib.Corpus:
   if not name.startswith('wikipedia/'):
     raise ValueError(f'data.name=wikipedia needs data.tfds_name like "wikipedia/20230601.en", got {name!r}.')
   date = name.split('/')[1].split('.')[0]
-  docs = tfds_source.open_splits(data_config, ('train',),
-                                 download_host=_MIRROR if date > _LAST_OLD_DATE else _OLD_MIRROR,
-                                 prepare_needs='apache-beam, mwparserfromhell and mwxml')['train']
-  return corpus_lib.Corpus(corpus_lib.train_and_validation(docs, data_config), labelled=False)
+  opened = tfds_source.open_splits(data_config, ('train',),
+                                   download_host=_MIRROR if date > _LAST_OLD_DATE else _OLD_MIRROR,
+                                   prepare_needs='apache-beam, mwparserfromhell and mwxml')
+  return corpus_lib.Corpus(corpus_lib.train_and_validation_names(data_config), labelled=False,
+                           identity=corpus_lib.identity(data_config, **opened.identity),
+                           views=functools.cache(lambda: corpus_lib.train_and_validation(opened.docs['train'],
+                                                                                         data_config)),
+                           home=opened.home)
 
 
 SOURCE = pipeline.corpus_source(('lm', 'mlm'), read_corpus)

@@ -16,8 +16,6 @@ from typing import Sequence
 
 import numpy as np
 
-from lm_jax.data import saving
-
 _MAX_WORD_CHARS = 100
 _SPECIAL_NAMES = {'pad_id': '[PAD]', 'unk_id': '[UNK]', 'cls_id': '[CLS]', 'sep_id': '[SEP]', 'mask_id': '[MASK]'}
 _CJK_RANGES = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F), (0x2B740, 0x2B81F),
@@ -127,6 +125,9 @@ class WordPieceTokenizer:
       return len(t[2:].encode()) if t.startswith('##') else len(t.encode()) + 1
     return np.array([size(t) for t in self._vocab], np.int32)
 
-  def save(self, directory: str) -> None:
-    saving.write_files(directory, {self._FILE: '\n'.join(self._vocab).encode() + b'\n'},
-                           {'kind': self.kind, 'lowercase': self.lowercase})
+  def meta(self) -> dict:
+    """What tokenizer.json holds besides vocab.txt."""
+    return {'kind': self.kind, 'lowercase': self.lowercase}
+
+  def files(self) -> dict[str, bytes]:
+    return {self._FILE: '\n'.join(self._vocab).encode() + b'\n'}
