@@ -45,10 +45,10 @@ SHAPES = {   # at least three shapes: depth, width, heads, activations, token ty
 }
 
 
-def save_random_bert(directory, model_class, seed=0, **shape):
+def save_random_bert(directory, model_class, seed=0, num_labels=3, **shape):
   """A `model_class` with random weights (no zero biases or unit LayerNorm scales), saved as save_pretrained does,
   with a vocab.txt beside it. Returns the model in eval mode."""
-  config = transformers.BertConfig(vocab_size=len(VOCAB), num_labels=3, **shape)
+  config = transformers.BertConfig(vocab_size=len(VOCAB), num_labels=num_labels, **shape)
   torch.manual_seed(seed)
   model = model_class(config).eval()
   with torch.no_grad():
@@ -180,6 +180,19 @@ class FineTuneAndPredictTest(chex.TestCase):
   def tearDownClass(cls):
     cls.tmp.cleanup()
     super().tearDownClass()
+
+  def test_evaluate_mode_reads_a_converted_classifier(self):
+    """`--mode=evaluate` on a converted BertForSequenceClassification, with imdb_bert.py's config (same model and
+    data sections: the convert base config carries the same data overrides)."""
+    hf_dir, workdir = os.path.join(self.tmp.name, 'hf_classifier'), os.path.join(self.tmp.name, 'bert_classifier')
+    save_random_bert(hf_dir, transformers.BertForSequenceClassification, num_labels=2, **SHAPES['small'])
+    data_overrides = {'data.tfds_data_dir': self.data_dir, 'data.download': False}
+    hf_bert.convert(hf_dir, workdir, configs.override(base.get_config(), data_overrides))
+    config = configs.override(configs.load(f'experiments/imdb_bert.py:bert={workdir}'), data_overrides)
+    results = train.evaluate_workdir(config, workdir)
+    self.assertEqual(results['step'], 0)
+    self.assertEqual(set(results), {'step', 'validation', 'test'})
+    self.assertBetween(results['test']['accuracy'], 0.0, 1.0)
 
   def test_fine_tunes_on_imdb_then_predicts(self):
     config = configs.override(configs.load(f'experiments/imdb_bert.py:bert={self.bert},local'), {
