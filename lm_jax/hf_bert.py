@@ -1,13 +1,13 @@
 """A Hugging Face BERT folder (as `save_pretrained` writes it) → an lm_jax workdir.
 
-The folder holds config.json, model.safetensors (or shards listed in model.safetensors.index.json) and vocab.txt.
-Weights are read with safetensors' NumPy API: never torch, never pickle (pytorch_model.bin is refused). The
-checkpoint's kind is recognised by its tensor names:
+The folder holds config.json, model.safetensors and vocab.txt (optionally tokenizer_config.json, whose
+do_lower_case sets data.lowercase). Weights are read with safetensors' NumPy API: never torch, never pickle
+(pytorch_model.bin is refused). The checkpoint's kind is recognised by its tensor names:
 
-  classifier.*          BertForSequenceClassification   task classification (num_classes = its rows), pooler
-  cls.predictions.*     BertForMaskedLM / ForPreTraining  task mlm (decoder tied to the embeddings); a pooler, when
+  classifier.*       BertForSequenceClassification      task classification (num_classes = its rows), pooler
+  cls.predictions.*  BertForMaskedLM, BertForPreTraining  task mlm, decoder tied to the embeddings; a pooler, when
                                                           present, is kept for fine-tuning; the NSP head is dropped
-  neither               BertModel                         task classification without a head: a trunk for
+  neither            BertModel                            task classification without a head: a trunk for
                                                           init_from with init_from_reinit='classifier_head'
 
 The workdir is a run at step 0: config.json (the base config with BERT's model and data keys), tokenizer/ (WordPiece
@@ -69,27 +69,17 @@ _DROPPED = re.compile(r'^(cls\.seq_relationship\.(weight|bias)|embeddings\.posit
 
 
 def read_tensors(hf_dir: str) -> dict[str, np.ndarray]:
-  """The checkpoint's tensors by name (the 'bert.' prefix dropped), as float32 NumPy arrays."""
-  single = os.path.join(hf_dir, 'model.safetensors')
-  index = os.path.join(hf_dir, 'model.safetensors.index.json')
-  if os.path.exists(single):
-    files = [single]
-  elif os.path.exists(index):
-    with open(index, encoding='utf-8') as f:
-      files = [os.path.join(hf_dir, name) for name in sorted(set(json.load(f)['weight_map'].values()))]
-  elif os.path.exists(os.path.join(hf_dir, 'pytorch_model.bin')):
+  """The checkpoint's tensors by name (the 'bert.' prefix dropped), as NumPy arrays."""
+  path = os.path.join(hf_dir, 'model.safetensors')
+  if os.path.exists(path):
+    return {name.removeprefix('bert.'): value for name, value in safetensors_np.load_file(path).items()}
+  if os.path.exists(os.path.join(hf_dir, 'pytorch_model.bin')):
     raise ValueError(
         f'{hf_dir} holds pytorch_model.bin (a pickle, which lm_jax never loads). Save it as safetensors first: '
         "`transformers.AutoModel.from_pretrained(PATH).save_pretrained(PATH, safe_serialization=True)` (with the "
         'model class it was saved as, e.g. BertForMaskedLM) writes model.safetensors next to it.')
-  else:
-    raise FileNotFoundError(f'{hf_dir} has no model.safetensors: --hf_bert must be a folder written by '
-                            'save_pretrained (config.json, model.safetensors, vocab.txt).')
-  tensors = {}
-  for path in files:
-    for name, value in safetensors_np.load_file(path).items():
-      tensors[name.removeprefix('bert.')] = value
-  return tensors
+  raise FileNotFoundError(f'{hf_dir} has no model.safetensors: --hf_bert must be a folder written by '
+                          'save_pretrained (config.json, model.safetensors, vocab.txt).')
 
 
 def _convert_leaf(kind: str, leaf: str, value: np.ndarray, num_heads: int) -> np.ndarray:

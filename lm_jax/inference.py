@@ -27,7 +27,7 @@ from lm_jax import checkpoint
 from lm_jax import models
 from lm_jax.data import corpus
 from lm_jax.data import tokenizers
-from lm_jax.models import generate as generate_lib
+from lm_jax.models.generate import left_pad
 
 log = logging.getLogger(__name__)
 _MIN_BUCKET = 8
@@ -114,8 +114,8 @@ class LoadedRun:
       prompt_ids.append(ids)
     out = []
     for i, batch in enumerate(_batches(prompt_ids, batch_size or self.config.train.eval_batch_size)):
-      padded = generate_lib.left_pad(batch, _bucket(max(map(len, batch)), room))
-      tokens = generate_lib.generate(self.model, self.params, padded, max_new_tokens=max_new_tokens,
+      padded = left_pad(batch, _bucket(max(map(len, batch)), room))
+      tokens = models.generate(self.model, self.params, padded, max_new_tokens=max_new_tokens,
                                      temperature=temperature, top_k=top_k,
                                      rng=jax.random.fold_in(jax.random.key(seed), i))
       for new in np.asarray(tokens[:, padded.shape[1]:]):

@@ -65,9 +65,9 @@ def t5_bucket(relative, bidirectional, num_buckets=32, max_distance=128):
 
 
 def reference_logits(params, ids, config, token_types=None):
-  """float64 NumPy forward of unpacked rows (pad 0): embeddings (+ positions, + token type 0; post-LN: LayerNorm),
-  (token_types: [B, T], default 0) blocks with LayerNorm before each branch (pre-LN, plus a final one) or after each residual add (post-LN, BERT),
-  then the head (a classifier reads the pooler's tanh(W·h[CLS] + b) when model.pooler)."""
+  """float64 NumPy forward of unpacked rows (pad 0): embeddings (+ positions, + token types `[B, T]`, default 0;
+  post-LN: LayerNorm), blocks with LayerNorm before each branch (pre-LN, plus a final one) or after each residual add
+  (post-LN, BERT), then the head (a classifier reads the pooler's tanh(W·h[CLS] + b) when model.pooler)."""
   p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
   causal = config.task == 'lm'
   trunk = p['decoder' if causal else 'encoder']
