@@ -316,7 +316,8 @@ class TransformerTest(chex.TestCase):
       ('position_table', dict(max_position_embeddings=8), 'max_position_embeddings=8 is less than data.max_len=16'),
       ('pooler_mean', dict(pooler=True, pooling='mean'), "needs model.pooling='cls'"),
       ('pooler_lm', dict(pooler=True, task='lm'), 'for encoders'),
-      ('epsilon', dict(layer_norm_eps=0.0), 'layer_norm_eps=0.0 > 0'),
+      ('epsilon', dict(layer_norm_eps=0.0), 'layer_norm_eps=0.0 must be > 0'),
+      ('types', dict(type_vocab_size=-1), 'type_vocab_size=-1'),
   )
   def test_bad_config_raises_value_error(self, overrides, message):
     with self.assertRaisesRegex(ValueError, message):

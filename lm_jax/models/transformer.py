@@ -70,9 +70,11 @@ class TransformerConfig:
     layers.check_choice('model.attention', self.attention, ATTENTIONS)
     layers.check_choice('model.hidden_act', self.hidden_act, tuple(ACTIVATIONS))
     layers.check_dropout(self.dropout)
-    if self.type_vocab_size < 0 or self.max_position_embeddings < 0 or self.layer_norm_eps <= 0:
+    if min(self.type_vocab_size, self.max_position_embeddings) < 0:
       raise ValueError(f'model.type_vocab_size={self.type_vocab_size} and model.max_position_embeddings='
-                       f'{self.max_position_embeddings} must be >= 0, model.layer_norm_eps={self.layer_norm_eps} > 0.')
+                       f'{self.max_position_embeddings} must be >= 0.')
+    if self.layer_norm_eps <= 0:
+      raise ValueError(f'model.layer_norm_eps={self.layer_norm_eps} must be > 0.')
     if self.positions == 'learned' and self.position_table_size < self.max_len:
       raise ValueError(f'model.max_position_embeddings={self.max_position_embeddings} is less than '
                        f'data.max_len={self.max_len}: the learned position table must cover every position.')
