@@ -57,6 +57,11 @@ def get_config() -> ml_collections.ConfigDict:
   m.num_classes = 2
   m.dtype = 'float32'                 # compute dtype: float32 | bfloat16 (params and softmax stay float32)
   m.attention = 'dense'               # dense (lm_jax.attention) | cudnn (jax.nn fused kernel, GPU only)
+  m.hidden_act = 'gelu'               # transformer MLP activation: gelu (exact) | gelu_new (tanh approximation)
+  m.layer_norm_eps = 1e-6             # transformer LayerNorm epsilon (BERT: 1e-12)
+  m.type_vocab_size = 0               # token-type (segment A/B) embeddings, type 0 unless given; 0 = none (BERT: 2)
+  m.max_position_embeddings = 0       # learned position table size, >= data.max_len; 0 = data.max_len (BERT: 512)
+  m.pooler = False                    # BERT's pooler (dense + tanh over [CLS]) before the classifier head
 
   c.optim = o = ml_collections.ConfigDict()
   o.learning_rate = 3e-4              # peak, after warmup

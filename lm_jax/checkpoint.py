@@ -11,6 +11,7 @@ then warns and falls back to the step before it. Damaged steps are deleted at th
 
 import contextlib
 import logging
+import os
 import re
 from typing import Any
 
@@ -160,6 +161,12 @@ class Checkpointer:
 
   def close(self) -> None:
     self._manager.close()
+
+
+def open_checkpointer(config, workdir: str) -> Checkpointer:
+  """The Checkpointer of a run: WORKDIR/checkpoints, kept and ranked as config.train says."""
+  return Checkpointer(os.path.join(workdir, 'checkpoints'), max_to_keep=config.train.max_to_keep,
+                      best_metric=config.train.best_metric, best_mode=config.train.best_mode)
 
 
 def _path_str(key_path) -> str:

@@ -33,6 +33,7 @@ def _choices() -> dict:
       'model.attention_bias': transformer.ATTENTION_BIASES,
       'model.positions': transformer.POSITIONS,
       'model.attention': transformer.ATTENTIONS,
+      'model.hidden_act': tuple(transformer.ACTIVATIONS),
       'model.pooling': layers.POOLINGS,
       'model.dtype': tuple(layers.DTYPES),
       'optim.schedule': tuple(optim.SCHEDULES),

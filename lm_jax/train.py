@@ -295,8 +295,7 @@ def prepare_run(config, workdir, devices=None) -> Run:
   total_steps = total_steps_of(config, data)
   optimizer = optim.make_optimizer(config.optim, total_steps)
   token_bytes = jnp.asarray(data.tokenizer.token_bytes()) if config.model.task == 'lm' else None
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), max_to_keep=config.train.max_to_keep,
-                                 best_metric=config.train.best_metric, best_mode=config.train.best_mode)
+  ckpt = checkpoint.open_checkpointer(config, workdir)
   return Run(config, workdir, mesh, data, model, optimizer, init_train_state(config, model, optimizer, mesh),
              total_steps, make_eval_step(model, mesh, token_bytes), ckpt)
 

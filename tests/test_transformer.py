@@ -39,13 +39,17 @@ random_ids = functools.partial(model_helpers.random_ids, vocab=VOCAB)
 dependencies = model_helpers.dependencies
 
 
-def layer_norm(x, p, eps=1e-6):
+def layer_norm(x, p, eps):
   mean = x.mean(-1, keepdims=True)
   return (x - mean) / np.sqrt(((x - mean) ** 2).mean(-1, keepdims=True) + eps) * p['scale'] + p['bias']
 
 
 def gelu(x):
   return 0.5 * x * (1.0 + np.vectorize(math.erf)(x / math.sqrt(2.0)))
+
+
+def gelu_new(x):
+  return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
 
 
 def t5_bucket(relative, bidirectional, num_buckets=32, max_distance=128):
@@ -61,25 +65,31 @@ def t5_bucket(relative, bidirectional, num_buckets=32, max_distance=128):
   return bucket + np.where(n < exact, n, np.minimum(large, num_buckets - 1))
 
 
-def reference_logits(params, ids, config):
-  """float64 NumPy forward of unpacked rows (pad 0): embeddings (+ positions; post-LN: LayerNorm), blocks with
-  LayerNorm before each branch (pre-LN, plus a final one) or after each residual add (post-LN, BERT), then the head."""
+def reference_logits(params, ids, config, token_types=None):
+  """float64 NumPy forward of unpacked rows (pad 0): embeddings (+ positions, + token types `[B, T]`, default 0;
+  post-LN: LayerNorm), blocks with LayerNorm before each branch (pre-LN, plus a final one) or after each residual add
+  (post-LN, BERT), then the head (a classifier reads the pooler's tanh(W·h[CLS] + b) when model.pooler)."""
   p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
   causal = config.task == 'lm'
   trunk = p['decoder' if causal else 'encoder']
   heads = config.num_heads
+  act = {'gelu': gelu, 'gelu_new': gelu_new}[config.hidden_act]
+  layer_norm_eps = functools.partial(layer_norm, eps=config.layer_norm_eps)
   out = []
-  for row in np.asarray(ids):
+  token_types = np.zeros(np.shape(ids), int) if token_types is None else np.asarray(token_types)
+  for row, types in zip(np.asarray(ids), token_types):
     length, real = len(row), row != 0
     pos = np.arange(length)
     x = trunk['token_embed']['embedding'][row]
+    if config.type_vocab_size:
+      x = x + trunk['type_embed']['embedding'][types]
     if config.positions == 'learned':
       x = x + trunk['position_embed']['embedding'][pos]
     elif config.positions == 'sinusoidal':
       angles = pos[:, None] / 10000.0 ** (2 * np.arange(x.shape[-1] // 2) / x.shape[-1])
       x = x + np.concatenate([np.sin(angles), np.cos(angles)], axis=-1)
     if not config.pre_norm:
-      x = layer_norm(x, trunk['norm'])
+      x = layer_norm_eps(x, trunk['norm'])
     relative = pos[None, :] - pos[:, None]
     bias = np.zeros((heads, length, length))
     if config.attention_bias == 'relative':
@@ -99,23 +109,25 @@ def reference_logits(params, ids, config):
         return np.einsum('hts,shk,hkd->td', weights, v, a['out']['kernel']) + a['out']['bias']
 
       def mlp(y, m=layer):
-        return gelu(y @ m['mlp_in']['kernel'] + m['mlp_in']['bias']) @ m['mlp_out']['kernel'] + m['mlp_out']['bias']
+        return act(y @ m['mlp_in']['kernel'] + m['mlp_in']['bias']) @ m['mlp_out']['kernel'] + m['mlp_out']['bias']
 
       if config.pre_norm:
-        x = x + attend(layer_norm(x, layer['attention_norm']))
-        x = x + mlp(layer_norm(x, layer['mlp_norm']))
+        x = x + attend(layer_norm_eps(x, layer['attention_norm']))
+        x = x + mlp(layer_norm_eps(x, layer['mlp_norm']))
       else:
-        x = layer_norm(x + attend(x), layer['attention_norm'])
-        x = layer_norm(x + mlp(x), layer['mlp_norm'])
+        x = layer_norm_eps(x + attend(x), layer['attention_norm'])
+        x = layer_norm_eps(x + mlp(x), layer['mlp_norm'])
     if config.pre_norm:
-      x = layer_norm(x, trunk['norm'])
+      x = layer_norm_eps(x, trunk['norm'])
     if config.task == 'classification':
       pooled = x[0] if config.pooling == 'cls' else x[real].mean(axis=0)
+      if config.pooler:
+        pooled = np.tanh(pooled @ p['pooler']['kernel'] + p['pooler']['bias'])
       out.append(pooled @ p['classifier_head']['output']['kernel'] + p['classifier_head']['output']['bias'])
       continue
     head = p[f'{config.task}_head']
     if config.task == 'mlm':
-      x = layer_norm(gelu(x @ head['transform']['kernel'] + head['transform']['bias']), head['transform_norm'])
+      x = layer_norm_eps(act(x @ head['transform']['kernel'] + head['transform']['bias']), head['transform_norm'])
     if config.tie_embeddings:
       out.append(x @ trunk['token_embed']['embedding'].T + head['bias'])
     else:
@@ -123,13 +135,14 @@ def reference_logits(params, ids, config):
   return np.stack(out)
 
 
-def closed_form_count(task, *, d, f, num_layers, heads, tied, learned, relative, classes=2):
+def closed_form_count(task, *, d, f, num_layers, heads, tied, learned, relative, classes=2, types=0, table=0,
+                      pooler=False):
   per_layer = 2 * 2 * d + 4 * (d * d + d) + (d * f + f) + (f * d + d)  # 2 LayerNorms, q/k/v/out, MLP
-  trunk = (VOCAB * d + (MAX_LEN * d if learned else 0) + (32 * heads if relative else 0) + num_layers * per_layer
-           + 2 * d)
+  trunk = (VOCAB * d + types * d + ((table or MAX_LEN) * d if learned else 0) + (32 * heads if relative else 0)
+           + num_layers * per_layer + 2 * d)
   output = VOCAB if tied else d * VOCAB + VOCAB
   head = {'classification': d * classes + classes, 'mlm': d * d + d + 2 * d + output, 'lm': output}[task]
-  return trunk + head
+  return trunk + head + (d * d + d if pooler else 0)
 
 
 class TransformerTest(chex.TestCase):
@@ -141,6 +154,10 @@ class TransformerTest(chex.TestCase):
       ('mlm_relative_tied', dict(task='mlm', attention_bias='relative')),
       ('lm_post_ln_alibi_untied', dict(task='lm', pre_norm=False, attention_bias='alibi', positions='none',
                                        tie_embeddings=False)),
+      ('bert_classifier', dict(task='classification', pre_norm=False, pooler=True, type_vocab_size=2,
+                               layer_norm_eps=1e-12, hidden_act='gelu_new', max_position_embeddings=24)),
+      ('bert_mlm', dict(task='mlm', pre_norm=False, pooler=True, type_vocab_size=3, layer_norm_eps=1e-12,
+                        max_position_embeddings=20)),
   )
   def test_matches_float64_reference_and_appended_padding_changes_nothing(self, overrides):
     config = model_config(num_layers=2, **overrides)
@@ -156,6 +173,11 @@ class TransformerTest(chex.TestCase):
       real = np.asarray(inputs != 0)
       logits, padded_logits = np.asarray(logits)[real], np.asarray(padded_logits)[:, :8][real]
     chex.assert_trees_all_close(padded_logits, logits, atol=1e-5)
+    if config.type_vocab_size:
+      types = np.random.default_rng(3).integers(0, config.type_vocab_size, inputs.shape)
+      typed_logits = jax.jit(lambda x, t: module.apply({'params': params}, x, token_type_ids=t))(inputs, types)
+      np.testing.assert_allclose(typed_logits, reference_logits(params, inputs, config, types), rtol=1e-5, atol=1e-5)
+      self.assertGreater(float(jnp.abs(typed_logits - apply(inputs)).max()), 1e-3)
 
   def test_jit_matches_eager_and_dropout_acts_only_in_training(self):
     module, params = build(task='mlm', pre_norm=False, attention_bias='relative', num_layers=2)
@@ -198,6 +220,9 @@ class TransformerTest(chex.TestCase):
       ('classification', dict(task='classification', pre_norm=False, attention_bias='relative', num_classes=3)),
       ('mlm', dict(task='mlm', positions='sinusoidal', tie_embeddings=True)),
       ('lm', dict(task='lm', attention_bias='alibi', tie_embeddings=False, num_layers=3)),
+      ('bert_classifier', dict(task='classification', pre_norm=False, pooler=True, type_vocab_size=2,
+                               max_position_embeddings=40)),
+      ('bert_mlm_keeps_pooler', dict(task='mlm', pre_norm=False, pooler=True, type_vocab_size=2)),
   )
   def test_param_count_matches_closed_form(self, overrides):
     config = model_config(**overrides)
@@ -206,7 +231,8 @@ class TransformerTest(chex.TestCase):
     expected = closed_form_count(
         config.task, d=config.d_model, f=config.mlp_dim, num_layers=config.num_layers, heads=config.num_heads,
         tied=config.tie_embeddings, learned=config.positions == 'learned',
-        relative=config.attention_bias == 'relative', classes=config.num_classes)
+        relative=config.attention_bias == 'relative', classes=config.num_classes, types=config.type_vocab_size,
+        table=config.max_position_embeddings, pooler=config.pooler)
     self.assertEqual(models.count_params(shapes), expected)
 
   def test_cached_greedy_generation_matches_uncached(self):
@@ -287,6 +313,12 @@ class TransformerTest(chex.TestCase):
       ('heads', dict(num_heads=3), 'num_heads'),
       ('dropout', dict(dropout=1.0), r'model.dropout=1.0 must be in \[0, 1\)'),
       ('cudnn_on_cpu', dict(attention='cudnn', dtype='bfloat16'), "attention='cudnn'"),
+      ('activation', dict(hidden_act='swish'), "model.hidden_act='swish'"),
+      ('position_table', dict(max_position_embeddings=8), 'max_position_embeddings=8 is less than data.max_len=16'),
+      ('pooler_mean', dict(pooler=True, pooling='mean'), "needs model.pooling='cls'"),
+      ('pooler_lm', dict(pooler=True, task='lm'), 'for encoders'),
+      ('epsilon', dict(layer_norm_eps=0.0), 'layer_norm_eps=0.0 must be > 0'),
+      ('types', dict(type_vocab_size=-1), 'type_vocab_size=-1'),
   )
   def test_bad_config_raises_value_error(self, overrides, message):
     with self.assertRaisesRegex(ValueError, message):

@@ -2,13 +2,33 @@
 
 Works for any LM module whose `__call__` takes `decode=True` and keeps its state in the 'cache' collection (the
 transformer's key/value cache, the RNN's carried state) and that names its length limit in `max_decode_length`.
+Prompts of different lengths share a batch left-padded with the pad id 0 (`left_pad`): the transformer starts each
+row's positions at its first prompt token and never attends to the padding; an RNN's state ignores padding.
 """
 
 import functools
+from typing import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from lm_jax.models.layers import PAD_ID
+
+
+def left_pad(prompts: Sequence[Sequence[int]], length: int | None = None) -> np.ndarray:
+  """int32 `[B, length]` (default: the longest prompt): each prompt right-aligned after pad ids 0.
+
+  left_pad([[5, 6, 7], [8]]) == [[5, 6, 7], [0, 0, 8]]
+  """
+  length = max(map(len, prompts)) if length is None else length
+  out = np.full((len(prompts), length), PAD_ID, np.int32)
+  for row, ids in zip(out, prompts):
+    if not 0 < len(ids) <= length:
+      raise ValueError(f'A prompt has {len(ids)} tokens; each needs 1 to {length}.')
+    row[length - len(ids):] = ids
+  return out
 
 
 def sample(logits_BxV: jax.Array, key: jax.Array, *, temperature: float, top_k: int) -> jax.Array:
@@ -24,13 +44,17 @@ def sample(logits_BxV: jax.Array, key: jax.Array, *, temperature: float, top_k: 
 
 def generate(module: nn.Module, params, prompt_ids_BxP, *, max_new_tokens: int, temperature: float = 1.0,
              top_k: int = 0, rng: jax.Array | None = None) -> jax.Array:
-  """int32 `[B, P + max_new_tokens]`: the prompts (equal length, no padding) followed by the sampled tokens.
+  """int32 `[B, P + max_new_tokens]`: the prompts (left-padded with 0, see `left_pad`) then the sampled tokens.
 
-  temperature 0 is greedy (rng unused); top_k 0 samples from the whole vocabulary.
+  temperature 0 is greedy (rng unused); top_k 0 samples from the whole vocabulary. A row's continuation is the
+  one its prompt gets alone.
   """
   prompt_ids_BxP = jnp.asarray(prompt_ids_BxP, jnp.int32)
   if prompt_ids_BxP.ndim != 2 or prompt_ids_BxP.shape[1] < 1:
     raise ValueError(f'prompt_ids must be [B, P] with P >= 1, got shape {prompt_ids_BxP.shape}.')
+  if not bool(jnp.all(prompt_ids_BxP[:, -1] != PAD_ID)):
+    raise ValueError('Every prompt must end with a token (pad id 0 only on the left): an empty or right-padded '
+                     'prompt has nothing to continue.')
   if max_new_tokens < 1:
     raise ValueError(f'max_new_tokens must be >= 1, got {max_new_tokens}.')
   if temperature < 0:

@@ -4,7 +4,8 @@ Heads return float32 logits computed with float32 accumulation (bfloat16 inputs,
 bfloat16 compute never rounds the logits themselves.
 """
 
-from typing import Any, Sequence
+import functools
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -88,19 +89,21 @@ class ClassifierHead(nn.Module):
 class OutputHead(nn.Module):
   """Hidden `[B, T, D]` → float32 logits `[B, T, V]`: the tied token embedding plus a bias, or its own `Logits`.
 
-  `transform` adds BERT's masked-LM transform (Dense, GELU, LayerNorm) first.
+  `transform` adds BERT's masked-LM transform (Dense, `activation`, LayerNorm with epsilon `norm_eps`) first.
   """
   vocab_size: int
   tie_embeddings: bool
   transform: bool
   dtype: Any
+  activation: Callable[[jax.Array], jax.Array] = functools.partial(nn.gelu, approximate=False)
+  norm_eps: float = 1e-6
 
   @nn.compact
   def __call__(self, h_BxTxD, token_embed: nn.Embed):
     if self.transform:
       h_BxTxD = nn.Dense(h_BxTxD.shape[-1], dtype=self.dtype, param_dtype=jnp.float32, name='transform')(h_BxTxD)
-      h_BxTxD = nn.LayerNorm(dtype=self.dtype, param_dtype=jnp.float32, name='transform_norm')(
-          nn.gelu(h_BxTxD, approximate=False))
+      h_BxTxD = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, param_dtype=jnp.float32,
+                             name='transform_norm')(self.activation(h_BxTxD))
     if not self.tie_embeddings:
       return Logits(self.vocab_size, self.dtype, name='output')(h_BxTxD)
     bias_V = self.param('bias', nn.initializers.zeros, (self.vocab_size,), jnp.float32)

@@ -1,9 +1,13 @@
 """Transformer encoder (BERT-style classifier, masked LM) and causal decoder (LM) as Flax linen modules.
 
-ids `[B, T]` (pad id 0) → embeddings (+ learned or sinusoidal positions) → num_layers × (self-attention + GELU MLP,
-pre-LN or post-LN) → a head of `layers` under a top-level name containing 'head'. Attention is `lm_jax.attention`
-(or cuDNN's fused kernel); the additive bias b is none, a learned T5 relative-position bias per head, or ALiBi.
-Params are float32; `dtype` sets the compute dtype; logits are float32.
+ids `[B, T]` (pad id 0) → embeddings (+ learned or sinusoidal positions, + token-type embeddings) → num_layers ×
+(self-attention + GELU MLP, pre-LN or post-LN) → a head of `layers` under a top-level name containing 'head'.
+Attention is `lm_jax.attention` (or cuDNN's fused kernel); the additive bias b is none, a learned T5
+relative-position bias per head, or ALiBi. Params are float32; `dtype` sets the compute dtype; logits are float32.
+
+With post-LN, token types, the pooler, LayerNorm epsilon 1e-12 and learned positions up to max_position_embeddings
+it computes what Hugging Face's BERT computes (lm_jax.hf_bert imports its weights). Keys attend only to non-pad
+tokens; a pad query gets a zero attention output (BERT's differs there, but no real position ever reads it).
 """
 
 import dataclasses
@@ -22,6 +26,11 @@ TASKS = ('classification', 'mlm', 'lm')
 ATTENTION_BIASES = ('none', 'relative', 'alibi')
 POSITIONS = ('learned', 'sinusoidal', 'none')
 ATTENTIONS = ('dense', 'cudnn')
+# model.hidden_act, by Hugging Face's names: the MLP's activation and the MLM transform's.
+ACTIVATIONS = {
+    'gelu': functools.partial(nn.gelu, approximate=False),    # exact: x·Φ(x)
+    'gelu_new': functools.partial(nn.gelu, approximate=True),  # tanh approximation (GPT-2; HF gelu_pytorch_tanh)
+}
 # T5's defaults: 32 buckets, exact up to 8 (bidirectional: per direction), logarithmic up to distance 128.
 RELATIVE_BUCKETS = 32
 RELATIVE_MAX_DISTANCE = 128
@@ -47,6 +56,11 @@ class TransformerConfig:
   num_classes: int = 2
   dtype: str = 'float32'
   attention: str = 'dense'
+  type_vocab_size: int = 0
+  pooler: bool = False
+  layer_norm_eps: float = 1e-6
+  hidden_act: str = 'gelu'
+  max_position_embeddings: int = 0
 
   def __post_init__(self):
     layers.check_choice('model.attention_bias', self.attention_bias, ATTENTION_BIASES)
@@ -54,7 +68,19 @@ class TransformerConfig:
     layers.check_choice('model.pooling', self.pooling, layers.POOLINGS)
     layers.check_choice('model.dtype', self.dtype, tuple(layers.DTYPES))
     layers.check_choice('model.attention', self.attention, ATTENTIONS)
+    layers.check_choice('model.hidden_act', self.hidden_act, tuple(ACTIVATIONS))
     layers.check_dropout(self.dropout)
+    if min(self.type_vocab_size, self.max_position_embeddings) < 0:
+      raise ValueError(f'model.type_vocab_size={self.type_vocab_size} and model.max_position_embeddings='
+                       f'{self.max_position_embeddings} must be >= 0.')
+    if self.layer_norm_eps <= 0:
+      raise ValueError(f'model.layer_norm_eps={self.layer_norm_eps} must be > 0.')
+    if self.positions == 'learned' and self.position_table_size < self.max_len:
+      raise ValueError(f'model.max_position_embeddings={self.max_position_embeddings} is less than '
+                       f'data.max_len={self.max_len}: the learned position table must cover every position.')
+    if self.pooler and self.pooling != 'cls':
+      raise ValueError(f"model.pooler=True reads the [CLS] position: it needs model.pooling='cls', got "
+                       f'{self.pooling!r}.')
     if self.d_model % self.num_heads:
       raise ValueError(f'model.d_model={self.d_model} must be divisible by model.num_heads={self.num_heads}.')
     if self.positions == 'sinusoidal' and self.d_model % 2:
@@ -70,6 +96,13 @@ class TransformerConfig:
   @property
   def compute_dtype(self):
     return layers.DTYPES[self.dtype]
+
+  @property
+  def position_table_size(self) -> int:
+    return self.max_position_embeddings or self.max_len
+
+  def layer_norm(self, **kwargs) -> nn.LayerNorm:
+    return nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.compute_dtype, param_dtype=jnp.float32, **kwargs)
 
 
 def relative_position_bucket(relative_position, *, bidirectional: bool, num_buckets: int = RELATIVE_BUCKETS,
@@ -147,21 +180,21 @@ class SelfAttention(nn.Module):
 
 
 class Block(nn.Module):
-  """Attention and GELU MLP, each in a residual branch with dropout; LayerNorm before (pre-LN) or after."""
+  """Attention and MLP (hidden_act), each in a residual branch with dropout; LayerNorm before (pre-LN) or after."""
   config: TransformerConfig
 
   @nn.compact
   def __call__(self, x_BxTxD, *, bias, mask, decode_index, train: bool):
     cfg = self.config
     dense = functools.partial(nn.Dense, dtype=cfg.compute_dtype, param_dtype=jnp.float32)
-    norm = functools.partial(nn.LayerNorm, dtype=cfg.compute_dtype, param_dtype=jnp.float32)
+    norm = cfg.layer_norm
     dropout = functools.partial(layers.Dropout(cfg.dropout), train=train)
 
     def attend(y):
       return SelfAttention(cfg, name='attention')(y, bias=bias, mask=mask, decode_index=decode_index)
 
     def mlp(y):
-      y = nn.gelu(dense(cfg.mlp_dim, name='mlp_in')(y), approximate=False)
+      y = ACTIVATIONS[cfg.hidden_act](dense(cfg.mlp_dim, name='mlp_in')(y))
       return dense(cfg.d_model, name='mlp_out')(y)
 
     if cfg.pre_norm:
@@ -172,7 +205,11 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-  """The trunk: ids `[B, T]` → hidden `[B, T, D]` in the compute dtype. `causal` makes it a decoder."""
+  """The trunk: ids `[B, T]` → hidden `[B, T, D]` in the compute dtype. `causal` makes it a decoder.
+
+  token_type_ids `[B, T]` (BERT's segments A/B) default to type 0. With `decode`, each row's prompt may be
+  left-padded: the first call (the prompt) records each row's pad count, and positions start after it.
+  """
   config: TransformerConfig
   causal: bool
 
@@ -181,19 +218,24 @@ class Transformer(nn.Module):
     embed = functools.partial(nn.Embed, features=cfg.d_model, embedding_init=_embed_init,
                               dtype=cfg.compute_dtype, param_dtype=jnp.float32)
     self.token_embed = embed(cfg.vocab_size)
+    if cfg.type_vocab_size:
+      self.type_embed = embed(cfg.type_vocab_size)
     if cfg.positions == 'learned':
-      self.position_embed = embed(cfg.max_len)
+      self.position_embed = embed(cfg.position_table_size)
     if cfg.attention_bias == 'relative':
       self.relative_bias = self.param('relative_bias', _embed_init, (RELATIVE_BUCKETS, cfg.num_heads),
                                       jnp.float32)
     self.layers = [Block(cfg) for _ in range(cfg.num_layers)]
     # Pre-LN normalizes the last block's output; post-LN (BERT) normalizes the embeddings instead.
-    self.norm = nn.LayerNorm(dtype=cfg.compute_dtype, param_dtype=jnp.float32)
+    self.norm = cfg.layer_norm()
     self.dropout = layers.Dropout(cfg.dropout)
 
   @nn.compact
-  def __call__(self, inputs_BxT, *, train: bool = False, segment_ids=None, positions=None, decode: bool = False):
+  def __call__(self, inputs_BxT, *, train: bool = False, segment_ids=None, positions=None, decode: bool = False,
+               token_type_ids=None):
     cfg = self.config
+    if token_type_ids is not None and not cfg.type_vocab_size:
+      raise ValueError('token_type_ids were given, but model.type_vocab_size=0: the model has no token types.')
     if cfg.positions == 'learned' and inputs_BxT.shape[1] > cfg.max_len:
       raise ValueError(f'sequence length {inputs_BxT.shape[1]} exceeds max_len={cfg.max_len} (learned positions).')
     if decode:
@@ -206,6 +248,8 @@ class Transformer(nn.Module):
       decode_index = None
 
     x_BxTxD = self.token_embed(inputs_BxT)
+    if cfg.type_vocab_size:
+      x_BxTxD = x_BxTxD + self.type_embed(jnp.zeros_like(inputs_BxT) if token_type_ids is None else token_type_ids)
     if cfg.positions == 'learned':
       x_BxTxD = x_BxTxD + self.position_embed(q_pos_BxT)
     elif cfg.positions == 'sinusoidal':
@@ -230,19 +274,27 @@ class Transformer(nn.Module):
     return jnp.arange(inputs_BxT.shape[1], dtype=jnp.int32)[None]
 
   def _decode_positions(self, inputs_BxT, segment_ids, positions):
-    """Queries sit at index, index+1, …; keys are the max_len cache slots, visible up to each query."""
+    """Queries sit in cache slots index, index+1, …; keys are the max_len slots from the row's first prompt token
+    up to each query. A row's positions count from its first prompt token (slots before it hold left padding)."""
     if not self.causal:
       raise ValueError('decode=True needs the causal decoder (model.task=lm).')
     if segment_ids is not None or positions is not None:
       raise ValueError('decode=True takes unpacked prompts: pass neither segment_ids nor positions.')
     length = inputs_BxT.shape[1]
     index = self.variable('cache', 'index', lambda: jnp.zeros((), jnp.int32))
+    # Created by the first call, the prompt: its leading pad ids per row (argmax finds the first real token).
+    start = self.variable('cache', 'start', lambda: jnp.argmax(inputs_BxT != layers.PAD_ID, axis=1).astype(jnp.int32))
     decode_index = index.value
     index.value = decode_index + length
-    q_pos_1xT = (decode_index + jnp.arange(length, dtype=jnp.int32))[None]
-    k_pos_1xS = jnp.arange(self.config.max_len, dtype=jnp.int32)[None]
-    mask_1x1xTxS = (k_pos_1xS[:, None, :] <= q_pos_1xT[:, :, None])[:, None]
-    return q_pos_1xT, k_pos_1xS, mask_1x1xTxS, decode_index
+    q_slot_1xT = (decode_index + jnp.arange(length, dtype=jnp.int32))[None]
+    k_slot_1xS = jnp.arange(self.config.max_len, dtype=jnp.int32)[None]
+    start_Bx1 = start.value[:, None]
+    mask_Bx1xTxS = ((k_slot_1xS[:, None, :] <= q_slot_1xT[:, :, None])
+                    & (k_slot_1xS[:, None, :] >= start_Bx1[:, :, None]))[:, None]
+    # Padding slots get position 0; they are masked as keys, and their queries' outputs are never read.
+    q_pos_BxT = jnp.maximum(q_slot_1xT - start_Bx1, 0)
+    k_pos_BxS = jnp.maximum(k_slot_1xS - start_Bx1, 0)
+    return q_pos_BxT, k_pos_BxS, mask_Bx1xTxS, decode_index
 
   def _attention_bias(self, q_pos_BxT, k_pos_BxS):
     """The additive b, float32 `[B or 1, H, T, S]`, from key − query positions (packed documents restart)."""
@@ -266,6 +318,8 @@ class TransformerModel(nn.Module):
 
   def __post_init__(self):
     layers.check_choice('model.task', self.task, TASKS)
+    if self.task == 'lm' and self.config.pooler:
+      raise ValueError('model.pooler=True is for encoders (task classification or mlm), not the causal lm decoder.')
     super().__post_init__()
 
   @property
@@ -274,26 +328,34 @@ class TransformerModel(nn.Module):
     return self.config.max_len
 
   @nn.compact
-  def __call__(self, inputs_BxT, *, train: bool = False, segment_ids=None, positions=None, decode: bool = False):
+  def __call__(self, inputs_BxT, *, train: bool = False, segment_ids=None, positions=None, decode: bool = False,
+               token_type_ids=None):
     cfg = self.config
     is_lm = self.task == 'lm'
     trunk = Transformer(cfg, causal=is_lm, name='decoder' if is_lm else 'encoder')
-    h_BxTxD = trunk(inputs_BxT, train=train, segment_ids=segment_ids, positions=positions, decode=decode)
+    h_BxTxD = trunk(inputs_BxT, train=train, segment_ids=segment_ids, positions=positions, decode=decode,
+                    token_type_ids=token_type_ids)
+    # BERT's pooler: dense + tanh over [CLS].
+    pooler = nn.Dense(cfg.d_model, dtype=cfg.compute_dtype, param_dtype=jnp.float32, name='pooler')
     if self.task == 'classification':
       # The data pipeline puts [CLS] at position 0.
       pooled_BxD = h_BxTxD[:, 0] if cfg.pooling == 'cls' else layers.mean_pool(h_BxTxD, inputs_BxT)
+      if cfg.pooler:
+        pooled_BxD = jnp.tanh(pooler(pooled_BxD))
       return layers.ClassifierHead(cfg.num_classes, cfg.dropout, cfg.compute_dtype, name='classifier_head')(
           pooled_BxD, train=train)
+    if cfg.pooler and self.is_initializing():
+      pooler(h_BxTxD[:, 0])   # an MLM model keeps the params, unread: init_from hands them to a classifier
     return layers.OutputHead(cfg.vocab_size, cfg.tie_embeddings, transform=self.task == 'mlm',
-                             dtype=cfg.compute_dtype, name=f'{self.task}_head')(h_BxTxD, trunk.token_embed)
+                             dtype=cfg.compute_dtype, activation=ACTIVATIONS[cfg.hidden_act],
+                             norm_eps=cfg.layer_norm_eps, name=f'{self.task}_head')(h_BxTxD, trunk.token_embed)
+
+
+_CONFIG_KEYS = frozenset(f.name for f in dataclasses.fields(TransformerConfig)) - {'vocab_size', 'max_len'}
 
 
 def build(model_config, *, vocab_size: int, max_len: int) -> TransformerModel:
-  """`config.model` (name 'transformer') → the module for `model_config.task`."""
-  mc = model_config
-  config = TransformerConfig(
-      vocab_size=vocab_size, max_len=max_len, num_layers=mc.num_layers, d_model=mc.d_model,
-      num_heads=mc.num_heads, mlp_dim=mc.mlp_dim, dropout=mc.dropout, attention_bias=mc.attention_bias,
-      positions=mc.positions, pre_norm=mc.pre_norm, pooling=mc.pooling, tie_embeddings=mc.tie_embeddings,
-      num_classes=mc.num_classes, dtype=mc.dtype, attention=mc.attention)
-  return TransformerModel(config, task=mc.task)
+  """`config.model` (name 'transformer') → the module for `model_config.task`; takes the keys that are
+  TransformerConfig fields (the RNN-only ones, name and task are not)."""
+  fields = {key: value for key, value in model_config.items() if key in _CONFIG_KEYS}
+  return TransformerModel(TransformerConfig(vocab_size=vocab_size, max_len=max_len, **fields), task=model_config.task)
