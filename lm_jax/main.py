@@ -87,6 +87,9 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   try:
     initialize_distributed(FLAGS.config)
+  except OSError as e:   # the config file could not be loaded: config_flags defers the error to its first use
+    print(f'lm_jax.main: {e}', file=sys.stderr)
+    return 1
   except (ValueError, RuntimeError) as e:   # e.g. no coordinator reachable within the initialization timeout
     print(f'lm_jax.main: joining the multi-host job failed: {e}', file=sys.stderr)
     return 1
