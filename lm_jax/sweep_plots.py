@@ -56,8 +56,18 @@ def _save(fig, path: str) -> str:
   return path
 
 
+def _columns(groups) -> int:
+  """One column per label of a grid's last axis (so a row is one value of the other axes), else up to 4."""
+  labels = [g.runs[0].variant.labels for g in groups]
+  if all(len(l) >= 2 for l in labels):
+    last = len({l[-1] for l in labels})
+    if 1 < last <= 6 and len(groups) % last == 0:
+      return last
+  return min(4, len(groups))
+
+
 def learning_curves(groups, path: str, title: str) -> str:
-  cols = min(4, len(groups))
+  cols = _columns(groups)
   rows = math.ceil(len(groups) / cols)
   fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.9 * rows), squeeze=False)
   for ax, group in zip(axes.flat, groups):
@@ -104,7 +114,7 @@ def final_metrics(groups, directory: str, title: str) -> list[str]:
     if metric == 'accuracy':
       ax.set_ylim(0, 1.05)
     ax.grid(axis='y', alpha=0.3)
-    ax.legend(fontsize=8, loc='lower right' if metric == 'accuracy' else 'best')
+    ax.legend(fontsize=8, loc='upper left', bbox_to_anchor=(1.01, 1.0))
     ax.set_title(f'{title}: final validation {metric} ({_TASK_LABELS[task]})', fontsize=10)
     suffix = '' if len(by_metric) == 1 else f'_{task}'
     paths.append(_save(fig, os.path.join(directory, f'final_{metric}{suffix}.png')))
@@ -140,7 +150,8 @@ def recall_vs_length(groups, path: str, title: str) -> str:
   fig, ax = plt.subplots(figsize=(5.5, 3.8))
   series = series_names(groups)
   pairs = {}
-  for i, name in enumerate(dict.fromkeys(series)):
+  names = list(dict.fromkeys(series))
+  for i, name in enumerate(names):
     members = sorted((g for g, s in zip(groups, series) if s == name), key=lambda g: g.finished[0].config.data.max_len)
     lengths, means, stds = [], [], []
     for group in members:
@@ -150,7 +161,11 @@ def recall_vs_length(groups, path: str, title: str) -> str:
       means.append(mean)
       stds.append(0.0 if math.isnan(std) else std)
       pairs[config.data.max_len] = config.data.mqar.num_pairs
-    ax.errorbar(lengths, means, yerr=stds, marker='o', capsize=3, color=f'C{i}', label=name)
+    dodge = 2 ** (0.04 * (i - (len(names) - 1) / 2))   # side by side, so error bars do not hide each other
+    ax.errorbar([l * dodge for l in lengths], means, yerr=stds, marker='o', capsize=3, color=f'C{i}', label=name)
+  vocab = groups[0].finished[0].config.data.vocab_size
+  ax.axhline(1 / ((vocab - 6) // 2), color='gray', linestyle='--', linewidth=1,
+             label=f'chance (1 of {(vocab - 6) // 2} values)')
   ax.set_xscale('log', base=2)
   ticks = sorted(pairs)
   ax.set_xticks(ticks, [f'{t}\n{pairs[t]} pairs' for t in ticks])
@@ -159,6 +174,6 @@ def recall_vs_length(groups, path: str, title: str) -> str:
   ax.set_xlabel('sequence length (tokens) and key-value pairs per example')
   ax.set_ylabel('final validation query accuracy')
   ax.grid(alpha=0.3)
-  ax.legend(title='model', fontsize=8)
+  ax.legend(title='model', fontsize=8, loc='upper left', bbox_to_anchor=(1.01, 1.0))
   ax.set_title(f'{title}: MQAR recall vs sequence length\n(mean ± sample std over seeds)', fontsize=10)
   return _save(fig, path)

@@ -93,6 +93,10 @@ def group_runs(runs: list[RunResult]) -> list[Group]:
   return [Group(name, tuple(r for r in runs if r.variant.name == name)) for name in names]
 
 
+def _started(group: Group) -> bool:
+  return bool(group.finished or group.failed)
+
+
 def mean_std(values) -> tuple[float, float]:
   """Mean and sample standard deviation (ddof=1); the std is nan for a single value."""
   values = np.asarray(values, np.float64)
@@ -109,7 +113,7 @@ def summarize(groups: list[Group]) -> tuple[list[str], list[dict]]:
   """(metric names, one row per group): the numbers results.csv holds."""
   metric_names = list(dict.fromkeys(m for g in groups for r in g.finished for m in r.final_metrics()))
   rows = []
-  for group in groups:
+  for group in filter(_started, groups):   # variants not run yet are listed under the table, not in it
     done = group.finished
     row = {'variant': group.name, 'n': len(done), 'failed': len(group.failed),
            'seeds': ' '.join(str(r.config.seed) for r in done)}
@@ -178,7 +182,7 @@ def _mean_pm_std(stats) -> str:
 def markdown(metric_names: list[str], rows: list[dict], groups: list[Group], workdir: str) -> str:
   """results.md: the table, how to read it, and the failed runs with their error line."""
   header = (['variant', 'n seeds', 'params', 'state (floats)', 'steps', 'tokens seen', 'wall time (s)', 'tokens/s']
-            + metric_names)
+            + [m.replace('/', ' ') for m in metric_names])
   lines = ['Final metrics: mean ± sample standard deviation (ddof=1) over the n finished seeds (one seed: mean '
            'only). State: KV-cache floats per token (transformer) or recurrent-state floats per sequence (RNN). '
            'Tokens seen = steps · batch · max_len. Wall time: the runner\'s mean per seed, compile and evaluation '

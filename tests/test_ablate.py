@@ -263,3 +263,58 @@ class SeriesTest(chex.TestCase):
     self.assertEqual(sweep_plots.series_names(groups), ['transformer', 'transformer', 'lstm', 'lstm'])
     unlabelled = [group((), 'gru', 64), group((), 'gru', 128)]
     self.assertEqual(sweep_plots.series_names(unlabelled), ['gru', 'gru'])
+
+
+class ImdbSweepsTest(chex.TestCase):
+  """The IMDB sweeps on the generated imdb_reviews the other tests prepare offline, shrunk by --override."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    from test_data_imdb import prepare_offline  # pylint: disable=g-import-not-at-top
+    cls.tmp = tempfile.TemporaryDirectory()
+    data_dir = os.path.join(cls.tmp.name, 'tfds')
+    data_config = configs.load(os.path.join(REPO, 'experiments/imdb.py')).data
+    with data_config.unlocked():
+      data_config.tfds_data_dir, data_config.vocab_size = data_dir, 300
+    prepare_offline(cls.tmp.name, data_config, os.path.join(cls.tmp.name, 'tok'))
+    cls.overrides = [f'data.tfds_data_dir={data_dir}', 'data.download=false', 'data.vocab_size=300',
+                     'data.max_len=64', 'model.num_layers=1', 'model.d_model=32', 'model.num_heads=2',
+                     'model.mlp_dim=64', 'train.num_steps=4', 'train.log_every_steps=2', 'train.eval_every_steps=2',
+                     'train.checkpoint_every_steps=4', 'train.eval_batch_size=16']
+
+  @classmethod
+  def tearDownClass(cls):
+    cls.tmp.cleanup()
+    super().tearDownClass()
+
+  def test_pretraining_sweep_starts_the_classifier_from_the_mlm_run(self):
+    workdir = os.path.join(self.tmp.name, 'pretraining')
+    failures = sweep_runner.run_sweep(os.path.join(REPO, 'experiments/ablations/imdb_pretraining.py:local'),
+                                      workdir, only='^mlm$|seed12345$', overrides=self.overrides)
+    self.assertEqual(failures, {})
+    runs = {run: json.loads(read(os.path.join(workdir, run, 'config.json')))
+            for run in ('mlm', 'scratch_seed12345', 'pretrained_seed12345')}
+    self.assertEqual(runs['mlm']['model']['task'], 'mlm')
+    self.assertEqual(runs['pretrained_seed12345']['init_from'], os.path.join(workdir, 'mlm'))
+    self.assertEqual(runs['scratch_seed12345']['init_from'], '')
+    # The pretrained classifier reads ids with the MLM run's tokenizer.
+    model_bytes = lambda run: open(os.path.join(workdir, run, 'tokenizer', 'spm.model'), 'rb').read()
+    self.assertEqual(model_bytes('pretrained_seed12345'), model_bytes('mlm'))
+    with open(os.path.join(workdir, 'results.csv'), newline='', encoding='utf-8') as f:
+      table = {row['variant']: row for row in csv.DictReader(f)}
+    self.assertEqual(list(table), ['mlm', 'scratch', 'pretrained'])
+    for variant in ('scratch', 'pretrained'):
+      self.assertBetween(float(table[variant]['test/accuracy_mean']), 0.0, 1.0)
+    # One final-metric figure per task: the MLM's loss, the classifiers' accuracy.
+    self.assertCountEqual(os.listdir(os.path.join(workdir, 'plots')),
+                          ['learning_curves.png', 'final_loss_mlm.png', 'final_accuracy_classification.png'])
+
+  def test_mixer_sweep_runs_both_models(self):
+    workdir = os.path.join(self.tmp.name, 'mixer')
+    failures = sweep_runner.run_sweep(os.path.join(REPO, 'experiments/ablations/imdb_mixer.py:local'), workdir,
+                                      only='seed12345$', overrides=self.overrides)
+    self.assertEqual(failures, {})
+    for run, name in (('transformer_seed12345', 'transformer'), ('lstm_seed12345', 'lstm')):
+      self.assertEqual(json.loads(read(os.path.join(workdir, run, 'config.json')))['model']['name'], name)
+      self.assertEqual(json.loads(read(os.path.join(workdir, run, 'results.json')))['step'], 4)
