@@ -36,7 +36,10 @@ def _select(variants, only: str):
     pattern = re.compile(only)
   except re.error as e:
     raise ValueError(f'--only={only!r} is not a valid regular expression: {e}') from None
-  return [v for v in variants if pattern.search(v.run_name)]
+  selected = [v for v in variants if pattern.search(v.run_name)]
+  if not selected:
+    raise ValueError(f'--only={only!r} matches none of the runs: {", ".join(v.run_name for v in variants)}.')
+  return selected
 
 
 def dry_run(sweep: str, workdir: str, only: str = '', overrides: Sequence[str] = ()) -> list[dict]:
@@ -71,8 +74,9 @@ def _common_overrides(variants) -> dict:
 def _finished(run_dir: str, config) -> bool:
   """results.json at the config's last step, and the runner's own record: nothing to do."""
   results_path = os.path.join(run_dir, 'results.json')
+  # An epoch-counted run's length needs its data: train_and_evaluate finds out, and returns at once if finished.
   if config.train.num_steps <= 0 or not os.path.exists(os.path.join(run_dir, sweep_report.INFO_FILE)):
-    return False   # an epoch-counted run: train_and_evaluate knows its length and returns at once if finished
+    return False
   if not os.path.exists(results_path):
     return False
   with open(results_path, encoding='utf-8') as f:
@@ -161,8 +165,6 @@ def run_sweep(sweep: str, workdir: str, only: str = '', overrides: Sequence[str]
   """
   variants = sweeps.load(sweep)
   selected = _select(variants, only)
-  if not selected:
-    raise ValueError(f'--only={only!r} matches none of the runs: {", ".join(v.run_name for v in variants)}.')
   os.makedirs(workdir, exist_ok=True)
   failures = {}
   with compile_cache(os.path.join(workdir, 'compile_cache')):

@@ -248,7 +248,8 @@ class SweepFilesTest(chex.TestCase):
       lines = sweep_runner.dry_run(os.path.join(REPO, 'experiments/ablations', name), '/tmp/unused')
       self.assertEqual(list(dict.fromkeys(l['run'].split('_seed')[0] for l in lines)), variants, name)
       self.assertTrue(all(l['params'] > 0 for l in lines), name)
-    heads = sweep_runner.dry_run(os.path.join(REPO, 'experiments/ablations/imdb_heads.py'), '/tmp/unused', only='seed1$')
+    heads = sweep_runner.dry_run(os.path.join(REPO, 'experiments/ablations/imdb_heads.py'), '/tmp/unused',
+                                 only='seed1$')
     self.assertLen({l['params'] for l in heads}, 1)   # heads split d_model: same parameters
 
 

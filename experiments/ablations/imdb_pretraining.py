@@ -1,4 +1,4 @@
-"""IMDB sentiment from scratch vs from a masked-LM pretrained encoder (init_from), 3 seeds each.
+r"""IMDB sentiment from scratch vs from a masked-LM pretrained encoder (init_from), 3 seeds each.
 
   python -m lm_jax.ablate --sweep experiments/ablations/imdb_pretraining.py --workdir runs/ablations/imdb_pretraining
   python -m lm_jax.ablate --sweep experiments/ablations/imdb_pretraining.py:local \

@@ -1,8 +1,10 @@
-"""Transformer vs LSTM vs GRU vs Elman RNN on multi-query associative recall, as sequences and pairs grow (Zoology).
+r"""Transformer vs LSTM vs GRU vs Elman RNN on multi-query associative recall, as sequences and pairs grow (Zoology).
 
   python -m lm_jax.ablate --sweep experiments/ablations/recall_mixers.py --workdir runs/ablations/recall_mixers
-  python -m lm_jax.ablate --sweep experiments/ablations/recall_mixers.py --workdir runs/ablations/recall_mixers --dry_run
-  python -m lm_jax.ablate --sweep experiments/ablations/recall_mixers.py:full --workdir runs/ablations/recall_mixers_full
+  python -m lm_jax.ablate --sweep experiments/ablations/recall_mixers.py --workdir runs/ablations/recall_mixers \
+      --dry_run   # parameters and state sizes, no training
+  python -m lm_jax.ablate --sweep experiments/ablations/recall_mixers.py:full \
+      --workdir runs/ablations/recall_mixers_full   # Zoology's sizes, for a GPU
 
 The recipe (data, optimizer) is experiments/recall.py's; only the model, the length and the training length differ.
 Lengths 64, 128, 256 carry 4, 8, 16 key-value pairs, every key queried once, as in Zoology's figure 2. All four
