@@ -174,6 +174,9 @@ class SelfAttention(nn.Module):
       cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k_BxTxHxK, (0, decode_index, 0, 0))
       cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v_BxTxHxK, (0, decode_index, 0, 0))
       k_BxTxHxK, v_BxTxHxK = cached_k.value, cached_v.value
+    if self.is_mutable_collection('intermediates'):   # attention maps (lm_jax.attention_maps): only when asked
+      self.sow('intermediates', 'attention_weights',
+               attention.attention_weights(q_BxTxHxK, k_BxTxHxK, bias=bias, mask=mask))
     out_BxTxHxK = _attend(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, bias=bias, mask=mask, implementation=cfg.attention)
     return nn.DenseGeneral(cfg.d_model, axis=(-2, -1), dtype=cfg.compute_dtype, param_dtype=jnp.float32,
                            name='out')(out_BxTxHxK)
