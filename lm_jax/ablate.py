@@ -10,12 +10,12 @@ traceback in DIR/<run>/error.txt, the sweep goes on, and the command then exits 
 What is written where: lm_jax/sweep_runner.py.
 """
 
-import logging
 import os
 
 from absl import app
 from absl import flags
-from absl import logging as absl_logging
+
+from lm_jax import cli
 
 flags.DEFINE_string('sweep', None, 'Sweep file: experiments/ablations/NAME.py[:variant] (get_sweep() lists the runs).')
 flags.DEFINE_string('workdir', None, 'Sweep directory: one run directory per variant, results.csv/.md, plots/.')
@@ -27,10 +27,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  absl_logging.set_verbosity(absl_logging.WARNING)
-  logging.getLogger('lm_jax').setLevel(logging.INFO)
+  cli.start(argv)
   # Imported here so that flag errors are reported before JAX loads.
   from lm_jax import sweep_runner  # pylint: disable=g-import-not-at-top
   try:

@@ -15,7 +15,6 @@ import re
 
 from absl import app
 from absl import flags
-from absl import logging as absl_logging
 import flax
 import jax
 import jax.numpy as jnp
@@ -23,6 +22,7 @@ import matplotlib
 import ml_collections
 import numpy as np
 
+from lm_jax import cli
 from lm_jax import checkpoint
 from lm_jax import data as data_lib
 from lm_jax import models
@@ -131,9 +131,7 @@ def define_flags():
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  absl_logging.set_verbosity(absl_logging.WARNING)
+  cli.start(argv)
   args = flags.FLAGS
   try:
     path, weights, _ = render(args.workdir, text=args.text, example=args.example, out=args.out)

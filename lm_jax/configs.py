@@ -90,17 +90,25 @@ def parse_variant(arg: str, **defaults) -> ml_collections.ConfigDict:
     name, has_value, text = item.partition('=')
     if name not in defaults:
       raise ValueError(f'Unknown variant argument {name!r}; allowed: {", ".join(defaults) or "none"}.')
-    kind = type(defaults[name])
-    if kind is bool:
-      if has_value and text.lower() not in ('true', 'false'):
-        raise ValueError(f'Variant argument {name}={text!r} is not a boolean (true or false).')
-      values[name] = not has_value or text.lower() == 'true'
-    else:
-      try:
-        values[name] = kind(text)
-      except ValueError:
-        raise ValueError(f'Variant argument {name}={text!r} is not a {kind.__name__}.') from None
+    values[name] = parse_value(text if has_value else 'true' if isinstance(defaults[name], bool) else '',
+                               like=defaults[name], what=f'Variant argument {name}')
   return values
+
+
+def parse_value(text: str, *, like, what: str):
+  """`text` as a value of `like`'s type ('true'/'false' for booleans); ValueError naming `what` otherwise.
+
+    parse_value('4', like=2, what='layers') → 4;  parse_value('yes', like=False, ...) → ValueError
+  """
+  kind = type(like)
+  if kind is bool:
+    if text.lower() not in ('true', 'false'):
+      raise ValueError(f'{what}={text!r} is not a boolean (true or false).')
+    return text.lower() == 'true'
+  try:
+    return kind(text)
+  except ValueError:
+    raise ValueError(f'{what}={text!r} is not a {kind.__name__}.') from None
 
 
 def load(spec: str) -> ml_collections.ConfigDict:

@@ -8,12 +8,12 @@ BERT's model and data keys), tokenizer/ and a step-0 checkpoint: use it as init_
 with lm_jax.load, lm_jax.predict or --mode=evaluate. See lm_jax/hf_bert.py.
 """
 
-import logging
 
 from absl import app
 from absl import flags
-from absl import logging as absl_logging
 from ml_collections import config_flags
+
+from lm_jax import cli
 
 flags.DEFINE_string('hf_bert', None, 'Folder with config.json, model.safetensors and vocab.txt.')
 flags.DEFINE_string('workdir', None, 'New run directory to write.')
@@ -24,10 +24,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  absl_logging.set_verbosity(absl_logging.WARNING)
-  logging.getLogger('lm_jax').setLevel(logging.INFO)
+  cli.start(argv)
   from lm_jax import hf_bert  # pylint: disable=g-import-not-at-top  (heavy: JAX, Orbax, TFDS)
   try:
     hf_bert.convert(FLAGS.hf_bert, FLAGS.workdir, FLAGS.config)

@@ -7,13 +7,13 @@ value of the wrong type is an error before anything is built. Running the same c
 resumes it; a finished run is not retrained. SIGTERM or Ctrl-C saves a checkpoint and exits with code 75.
 """
 
-import logging
 import sys
 
 from absl import app
 from absl import flags
-from absl import logging as absl_logging
 from ml_collections import config_flags
+
+from lm_jax import cli
 
 config_flags.DEFINE_config_file('config', None, 'Experiment config: experiments/NAME.py[:variant].', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Run directory: config, tokenizer, checkpoints, metrics, results.')
@@ -32,12 +32,6 @@ EXIT_PREEMPTED = 75   # EX_TEMPFAIL: stopped by a signal after saving; run the s
 # User errors: bad config values, missing data or checkpoints, unwritable or full disks, a diverged run. Each message
 # names the bad value and what to do, so it is printed as one line without a traceback.
 USER_ERRORS = (ValueError, OSError, FloatingPointError)
-
-
-def show_progress(process_index: int) -> None:
-  """lm_jax's own progress at INFO (process 0 only); other libraries (Orbax logs every file) from WARNING up."""
-  absl_logging.set_verbosity(absl_logging.WARNING)
-  logging.getLogger('lm_jax').setLevel(logging.INFO if process_index == 0 else logging.WARNING)
 
 
 def initialize_distributed(config) -> None:
@@ -83,8 +77,7 @@ def parse_flags(argv):
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  cli.start(argv, process_index=FLAGS.process_id or 0)
   try:
     initialize_distributed(FLAGS.config)
   except OSError as e:   # the config file could not be loaded: config_flags defers the error to its first use
@@ -93,7 +86,6 @@ def main(argv):
   except (ValueError, RuntimeError) as e:   # e.g. no coordinator reachable within the initialization timeout
     print(f'lm_jax.main: joining the multi-host job failed: {e}', file=sys.stderr)
     return 1
-  show_progress(FLAGS.process_id or 0)
   return run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
 
 

@@ -10,12 +10,12 @@ one JSON object per line instead. The checkpoint is --step, else the best by val
 """
 
 import json
-import logging
 import sys
 
 from absl import app
 from absl import flags
-from absl import logging as absl_logging
+
+from lm_jax import cli
 
 flags.DEFINE_string('workdir', None, 'Run directory of lm_jax.main (or of lm_jax.convert).')
 flags.DEFINE_multi_string('text', [], 'A text to classify or a prompt to continue; repeatable.')
@@ -65,10 +65,7 @@ TASKS = {
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  absl_logging.set_verbosity(absl_logging.WARNING)
-  logging.getLogger('lm_jax').setLevel(logging.INFO)
+  cli.start(argv)
   import lm_jax  # pylint: disable=g-import-not-at-top
   try:
     texts = read_texts()

@@ -112,16 +112,7 @@ def parse_overrides(config: ml_collections.ConfigDict, items: Sequence[str]) -> 
       section = section[part]
     if name not in section:
       raise ValueError(f'--override {item!r}: config has no key {key!r}.')
-    kind = type(section[name])
-    if kind is bool:
-      if text.lower() not in ('true', 'false'):
-        raise ValueError(f'--override {item!r}: {key} is a boolean (true or false).')
-      overrides[key] = text.lower() == 'true'
-    else:
-      try:
-        overrides[key] = kind(text)
-      except ValueError:
-        raise ValueError(f'--override {item!r}: {key} is a {kind.__name__}.') from None
+    overrides[key] = configs.parse_value(text, like=section[name], what=f'--override {key}')
   return overrides
 
 

@@ -208,7 +208,7 @@ class SweepFilesTest(chex.TestCase):
     self.assertEqual(sweeps.resolve(mlm, '/sweeps/x', ['train.num_steps=7', 'data.download=false']).train.num_steps, 7)
     with self.assertRaisesRegex(ValueError, "init_from='mlm', which is not the run name of an earlier variant"):
       sweeps.load(path + ':reversed')
-    with self.assertRaisesRegex(ValueError, 'train.num_steps is a int'):
+    with self.assertRaisesRegex(ValueError, "--override train.num_steps='many' is not a int"):
       sweeps.resolve(mlm, '/x', ['train.num_steps=many'])
 
   def test_state_size_is_the_decode_cache(self):

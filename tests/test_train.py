@@ -137,7 +137,6 @@ class TrainLoopTest(chex.TestCase):
   def test_nan_loss_halts_and_keeps_last_good_checkpoint(self):
     workdir = self.create_tempdir().full_path
     config = tiny_recall_config(num_steps=30, checkpoint_every_steps=5)
-    real_make_train_step = train.make_train_step
 
     with mock.patch.object(train, 'make_train_step', poisoned_train_step(from_step=7)):
       with self.assertRaisesRegex(FloatingPointError, r'Loss is nan at step 8: stopping\. Non-finite gradient '

@@ -10,13 +10,13 @@ the cache too, where every run over the same data finds it; --tokenizer_dir also
 WORKDIR/tokenizer). A run started afterwards builds nothing: it reads the caches and starts at once.
 """
 
-import logging
 import tempfile
 
 from absl import app
 from absl import flags
-from absl import logging as absl_logging
 from ml_collections import config_flags
+
+from lm_jax import cli
 
 config_flags.DEFINE_config_file('config', None, 'Experiment config: experiments/NAME.py[:variant].', lock_config=True)
 _TOKENIZER_DIR = flags.DEFINE_string('tokenizer_dir', '', 'Also save the tokenizer here (e.g. WORKDIR/tokenizer); '
@@ -24,10 +24,7 @@ _TOKENIZER_DIR = flags.DEFINE_string('tokenizer_dir', '', 'Also save the tokeniz
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  absl_logging.set_verbosity(absl_logging.WARNING)
-  logging.getLogger('lm_jax').setLevel(logging.INFO)
+  cli.start(argv)
   from lm_jax import data as data_lib  # pylint: disable=g-import-not-at-top
   config = flags.FLAGS.config
   with tempfile.TemporaryDirectory() as tmp:
