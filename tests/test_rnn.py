@@ -99,6 +99,28 @@ class RNNTest(chex.TestCase):
     logits = jax.jit(lambda x: module.apply({'params': params}, x))(inputs)
     np.testing.assert_allclose(logits, elman_classifier_reference(params, inputs, num_layers=2), atol=1e-5)
 
+  @parameterized.product(name=('rnn', 'lstm', 'gru'), reverse=(False, True))
+  def test_hand_split_backward_equals_autodiff(self, name, reverse):
+    cell, (t, b, h) = rnn.CELLS[name], (6, 3, 4)
+    keys = jax.random.split(jax.random.key(10), 4)
+    u = jax.random.normal(keys[0], (h, cell.gates * h)) * 0.5
+    bn = jax.random.normal(keys[1], (h,))
+    carry = jax.tree.map(lambda c: c + jax.random.normal(keys[2], c.shape), cell.zero_carry(b, h))
+    xw = jax.random.normal(keys[3], (t, b, cell.gates * h))
+    real = jnp.asarray(np.random.default_rng(11).random((t, b)) < 0.8)
+    start = jnp.zeros((t, b), bool).at[3, 0].set(True)
+    weights = jax.random.normal(jax.random.key(12), (t, b, h))
+
+    def loss(run, u, bn, carry, xw):
+      final, y = run(cell, jnp.float32, reverse, u, bn, carry, xw, real, start)
+      return jnp.sum(y * weights) + sum(jnp.sum(c ** 2) for c in jax.tree.leaves(final))
+
+    autodiff = lambda *args: rnn._scan_forward(*args)[:2]  # pylint: disable=protected-access
+    expected = jax.grad(functools.partial(loss, autodiff), argnums=(0, 1, 2, 3))(u, bn, carry, xw)
+    got = jax.jit(jax.grad(functools.partial(loss, rnn.recur), argnums=(0, 1, 2, 3)))(u, bn, carry, xw)
+    chex.assert_trees_all_close(got, expected, atol=1e-5, rtol=1e-5)
+    self.assertGreater(float(jnp.abs(got[0]).max()), 1e-3)
+
   @parameterized.named_parameters(('lstm', 'lstm', nn.LSTMCell), ('gru', 'gru', nn.GRUCell))
   def test_fused_cells_match_flax_cells(self, name, flax_cell):
     x_BxTxI = jax.random.normal(jax.random.key(8), (3, 7, 5))

@@ -8,6 +8,7 @@ output; in a packed LM row the state is reset to zero at each document start. Th
 """
 
 import dataclasses
+import functools
 from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
@@ -17,9 +18,9 @@ import jax.numpy as jnp
 from lm_jax.models import layers
 
 TASKS = ('classification', 'lm')
-# Time steps per iteration of the recurrence's loop: fewer loop trips, the same math. 8 was the fastest of
-# 1, 2, 4, 8, 16 for the LSTM bench case on a 2-core CPU (BENCHMARKS.md).
-UNROLL = 8
+# Time steps per loop iteration of the scans (lax.scan's unroll). 1 was faster than 4, 8 and 16 for the LSTM bench
+# case on the 2-core CPU (BENCHMARKS.md): larger unrolled bodies compiled slower and ran no faster.
+UNROLL = 1
 
 
 def _elman(h_BxH, xw_BxG, hu_BxG, _):
@@ -101,6 +102,68 @@ class RNNConfig:
     return layers.DTYPES[self.dtype]
 
 
+def _masked_step(cell: Cell, dtype, u_HxG, bn_H, carry, xw_BxG, real_B, start_B, z_BxG):
+  """One time step: reset at a document start, keep the state at padding; `z` is added to U·h (zero, see below)."""
+  carry = jax.tree.map(lambda c: jnp.where(start_B[:, None], 0.0, c), carry)
+  hu_BxG = jnp.dot(cell.hidden(carry).astype(dtype), u_HxG.astype(dtype), preferred_element_type=jnp.float32) + z_BxG
+  new_carry, y_BxH = cell.step(carry, xw_BxG, hu_BxG, bn_H)
+  # The state stays float32 under bfloat16 compute, so the scan carry keeps one dtype.
+  return jax.tree.map(lambda new, old: jnp.where(real_B[:, None], new, old), new_carry, carry), y_BxH
+
+
+def _scan_forward(cell, dtype, reverse, u_HxG, bn_H, carry, xw_TxBxG, real_TxB, start_TxB):
+  """(final carry, outputs h_t `[T, B, H]`, the carry entering each step)."""
+  zero_BxG = jnp.zeros(xw_TxBxG.shape[1:], jnp.float32)
+
+  def step(carry, inputs):
+    new_carry, y_BxH = _masked_step(cell, dtype, u_HxG, bn_H, carry, *inputs, zero_BxG)
+    return new_carry, (y_BxH, carry)
+
+  carry, (y_TxBxH, carries) = jax.lax.scan(step, carry, (xw_TxBxG, real_TxB, start_TxB), reverse=reverse,
+                                           unroll=UNROLL)
+  return carry, y_TxBxH, carries
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def recur(cell, dtype, reverse, u_HxG, bn_H, carry, xw_TxBxG, real_TxB, start_TxB):
+  """The recurrence over time-major inputs → (final carry, h_t `[T, B, H]`), with a hand-split backward pass.
+
+  Autodiff of a scan accumulates dU = Σ_t h_{t-1}ᵀ·d(U·h)_t inside the backward loop: a [B]-deep outer product
+  per step that made the LSTM's backward ~10x its forward on CPU. Here the backward loop only carries the state's
+  cotangent and emits d(U·h)_t; dU is one `[H, T·B] × [T·B, gates·H]` matmul after it.
+  """
+  carry, y_TxBxH, _ = _scan_forward(cell, dtype, reverse, u_HxG, bn_H, carry, xw_TxBxG, real_TxB, start_TxB)
+  return carry, y_TxBxH
+
+
+def _recur_fwd(cell, dtype, reverse, u_HxG, bn_H, carry, xw_TxBxG, real_TxB, start_TxB):
+  carry, y_TxBxH, carries = _scan_forward(cell, dtype, reverse, u_HxG, bn_H, carry, xw_TxBxG, real_TxB, start_TxB)
+  return (carry, y_TxBxH), (u_HxG, bn_H, carries, xw_TxBxG, real_TxB, start_TxB)
+
+
+def _recur_bwd(cell, dtype, reverse, residuals, cotangents):
+  u_HxG, bn_H, carries, xw_TxBxG, real_TxB, start_TxB = residuals
+  dcarry, dy_TxBxH = cotangents
+  zero_BxG = jnp.zeros(xw_TxBxG.shape[1:], jnp.float32)
+
+  def step(dcarry, inputs):
+    carry, xw_BxG, real_B, start_B, dy_BxH = inputs
+    # U is a constant here; z stands for U·h, so dz is d(U·h)_t, and dcarry already includes dz·Uᵀ.
+    _, vjp = jax.vjp(lambda c, xw, bn, z: _masked_step(cell, dtype, u_HxG, bn, c, xw, real_B, start_B, z),
+                     carry, xw_BxG, bn_H, zero_BxG)
+    dcarry, dxw_BxG, dbn_H, dz_BxG = vjp((dcarry, dy_BxH.astype(jnp.float32)))
+    return dcarry, (dxw_BxG, dbn_H, dz_BxG)
+
+  dcarry, (dxw_TxBxG, dbn_TxH, dz_TxBxG) = jax.lax.scan(
+      step, dcarry, (carries, xw_TxBxG, real_TxB, start_TxB, dy_TxBxH), reverse=not reverse, unroll=UNROLL)
+  h_TxBxH = jnp.where(start_TxB[..., None], 0.0, cell.hidden(carries)).astype(dtype)
+  du_HxG = jnp.einsum('tbh,tbg->hg', h_TxBxH, dz_TxBxG.astype(dtype), preferred_element_type=jnp.float32)
+  return du_HxG, dbn_TxH.sum(axis=0), dcarry, dxw_TxBxG, None, None
+
+
+recur.defvjp(_recur_fwd, _recur_bwd)
+
+
 class Recurrence(nn.Module):
   """One direction of one layer, `[B, T, I]` → `[B, T, H]`; with `decode` the state carries over in 'cache'.
 
@@ -118,28 +181,17 @@ class Recurrence(nn.Module):
     w_IxG = self.param('W', nn.initializers.lecun_normal(), (x_BxTxI.shape[-1], cell.gates * h), jnp.float32)
     u_HxG = self.param('U', _blockwise_orthogonal(cell.gates), (h, cell.gates * h), jnp.float32)
     b_G = self.param('b', nn.initializers.zeros, (cell.gates * h,), jnp.float32)
-    bn_H = self.param('bn', nn.initializers.zeros, (h,), jnp.float32) if cell.gru_bias else None
+    bn_H = self.param('bn', nn.initializers.zeros, (h,), jnp.float32) if cell.gru_bias else jnp.zeros((h,))
     xw_BxTxG = jnp.einsum('bti,ig->btg', x_BxTxI.astype(self.dtype), w_IxG.astype(self.dtype),
                           preferred_element_type=jnp.float32) + b_G
-    u_HxG = u_HxG.astype(self.dtype)
-
-    def step(carry, inputs):
-      xw_BxG, real_B, start_B = inputs
-      carry = jax.tree.map(lambda c: jnp.where(start_B[:, None], 0.0, c), carry)
-      hu_BxG = jnp.dot(cell.hidden(carry).astype(self.dtype), u_HxG, preferred_element_type=jnp.float32)
-      new_carry, y_BxH = cell.step(carry, xw_BxG, hu_BxG, bn_H)
-      carry = jax.tree.map(lambda new, old: jnp.where(real_B[:, None], new, old), new_carry, carry)
-      return carry, y_BxH.astype(self.dtype)
-
     zero_carry = cell.zero_carry(x_BxTxI.shape[0], h)
     state = self.variable('cache', 'state', lambda: zero_carry) if decode else None
     time_major = lambda a: jnp.swapaxes(a, 0, 1)
-    carry, y_TxBxH = jax.lax.scan(step, zero_carry if state is None else state.value,
-                                  (time_major(xw_BxTxG), time_major(real_BxT), time_major(starts_BxT)),
-                                  reverse=self.reverse, unroll=UNROLL)
+    carry, y_TxBxH = recur(cell, self.dtype, self.reverse, u_HxG, bn_H, zero_carry if state is None else state.value,
+                           time_major(xw_BxTxG), time_major(real_BxT), time_major(starts_BxT))
     if state is not None:
       state.value = carry
-    return time_major(y_TxBxH)
+    return time_major(y_TxBxH).astype(self.dtype)
 
 
 class RNN(nn.Module):
