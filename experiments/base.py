@@ -55,7 +55,7 @@ def get_config() -> ml_collections.ConfigDict:
   m.tie_embeddings = True             # LM/MLM output head shares the token embedding
   m.num_classes = 2
   m.dtype = 'float32'                 # compute dtype: float32 | bfloat16 (params and softmax stay float32)
-  m.attention = 'dense'               # dense (lm_jax.attention) | cudnn (jax.nn fused kernel, GPU only)
+  m.attention = 'dense'               # dense (lm_jax.attention) | chunked (online softmax, long T) | cudnn (GPU)
 
   c.optim = o = ml_collections.ConfigDict()
   o.learning_rate = 3e-4              # peak, after warmup

@@ -63,6 +63,10 @@ CASES = {
     'lstm': Case({'model.name': 'lstm', 'model.task': 'classification', 'model.num_layers': 1, 'model.d_model': 256,
                   'model.dropout': 0.0, 'model.bidirectional': False, 'model.positions': 'none'}, 30522, 16, 128,
                  'torch_lstm_bench.py'),
+    # A small decoder for long sequences (dense vs chunked attention): a 512-token vocabulary keeps the head small.
+    'long': Case({'model.name': 'transformer', 'model.task': 'lm', 'model.num_layers': 2, 'model.d_model': 256,
+                  'model.num_heads': 4, 'model.mlp_dim': 1024, 'model.dropout': 0.0, 'model.attention': 'chunked'},
+                 512, 1, 8192),
     # GPT-2 small (124M) in bfloat16 with cuDNN attention: the accelerator MFU case.
     'gpt2-small': Case({'model.name': 'transformer', 'model.task': 'lm', 'model.num_layers': 12, 'model.d_model': 768,
                         'model.num_heads': 12, 'model.mlp_dim': 3072, 'model.dropout': 0.0,
@@ -156,6 +160,8 @@ class Bench:
     self.step = train.make_train_step(model, optimizer, mesh, grad_accum_steps=1).lower(
         self.state, self.batch_arrays).compile()
     self.compile_s = time.perf_counter() - start
+    memory = self.step.memory_analysis()
+    self.temp_bytes = None if memory is None else memory.temp_size_in_bytes
     self.flops_per_step = self.batch * self.seq * metrics.train_flops_per_token(
         mc, vocab_size=case.vocab_size, seq_len=self.seq, task=mc.task)
 
@@ -177,7 +183,8 @@ class Bench:
         'case': self.name, 'framework': 'lm_jax', 'backend': jax.default_backend(),
         'device_kind': jax.devices()[0].device_kind, 'devices': jax.device_count(), 'batch': self.batch,
         'seq': self.seq, 'dtype': self.config.model.dtype, 'attention': self.config.model.attention,
-        'params': self.num_params, 'steps': len(times), 'compile_s': self.compile_s, 'median_s': median,
+        'params': self.num_params, 'steps': len(times), 'compile_s': self.compile_s,
+        'compiled_temp_bytes': self.temp_bytes, 'median_s': median,
         'min_s': min(times), 'max_s': max(times), 'tokens_per_s': self.batch * self.seq / median,
         'flops_per_step': self.flops_per_step, 'achieved_flops_per_s': achieved, 'peak_flops_per_s': peak,
         'peak': peak_source, 'mfu': None if peak is None else achieved / peak,

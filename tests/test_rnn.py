@@ -126,7 +126,8 @@ class RNNTest(chex.TestCase):
     x_BxTxI = jax.random.normal(jax.random.key(8), (3, 7, 5))
     real_BxT, starts_BxT = jnp.ones((3, 7), bool), jnp.zeros((3, 7), bool)
     recurrence = rnn.Recurrence(name, HIDDEN, reverse=False, dtype=jnp.float32)
-    shapes = jax.eval_shape(lambda x: recurrence.init(jax.random.key(0), x, real_BxT, starts_BxT, False), x_BxTxI)['params']
+    init = lambda x: recurrence.init(jax.random.key(0), x, real_BxT, starts_BxT, False)
+    shapes = jax.eval_shape(init, x_BxTxI)['params']
     rng = np.random.default_rng(9)
     params = jax.tree.map(lambda s: jnp.asarray(rng.normal(0.0, 0.4, s.shape), jnp.float32), shapes)
     ours = recurrence.apply({'params': params}, x_BxTxI, real_BxT, starts_BxT, False)

@@ -39,7 +39,7 @@ def _lstm(carry, xw_BxG, hu_BxG, _):
 
 
 def _gru(h_BxH, xw_BxG, hu_BxG, bn_H):
-  """Gates r, z from W·x_t + b + U·h_{t-1}; n = tanh(W_n·x_t + b_n + r·(U_n·h_{t-1} + bn)); h_t = (1-z)·n + z·h."""
+  """r, z = σ(W·x_t + b + U·h_{t-1}); n = tanh(W_n·x_t + b_n + r·(U_n·h_{t-1} + bn)); h_t = (1-z)·n + z·h."""
   xr_BxH, xz_BxH, xn_BxH = jnp.split(xw_BxG, 3, axis=-1)
   hr_BxH, hz_BxH, hn_BxH = jnp.split(hu_BxG, 3, axis=-1)
   r_BxH = jax.nn.sigmoid(xr_BxH + hr_BxH)
