@@ -220,3 +220,17 @@ class ChunkedAttentionTest(chex.TestCase):
     q, k, v, _, _ = random_inputs(24)
     with self.assertRaisesRegex(ValueError, 'key_chunk=0'):
       attention.chunked_dot_product_attention(q, k, v, key_chunk=0)
+
+  def test_transformer_with_chunked_attention_equals_dense(self):
+    from experiments import base  # pylint: disable=g-import-not-at-top
+    from lm_jax import models  # pylint: disable=g-import-not-at-top
+    config = base.get_config().model
+    config.update(dict(task='lm', num_layers=1, d_model=16, num_heads=2, mlp_dim=32, attention_bias='alibi'))
+    ids = jax.random.randint(jax.random.key(25), (2, 12), 1, 50)
+    logits = {}
+    for name in ('dense', 'chunked'):
+      config.attention = name
+      module = models.get_model(config, vocab_size=50, max_len=12)
+      params = module.init(jax.random.key(0), ids)['params']
+      logits[name] = jax.jit(module.apply)({'params': params}, ids)
+    chex.assert_trees_all_close(logits['chunked'], logits['dense'], atol=1e-5, rtol=1e-5)
