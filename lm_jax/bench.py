@@ -14,6 +14,8 @@ dropout and loss of `torch_{case}_bench.py` in the reference directory. With `--
 `--rounds` rounds (the torch script in a subprocess) and a last line gives the ratio torch / lm_jax step time
 (> 1: lm_jax is faster). Known differences, each small: lm_jax decays only matrices (torch.optim.AdamW every
 parameter), has no token-type embeddings or pooler and no dropout on attention weights, and uses exact GELU.
+`gpt2-small` (bf16, cuDNN attention) is for accelerators; `long` (a small decoder, batch 1 × 8192, chunked
+attention) is what `python -m bench.long_context` runs for its dense vs chunked memory table.
 """
 
 import dataclasses
