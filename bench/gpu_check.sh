@@ -56,13 +56,13 @@ fi
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 export JAX_PLATFORMS=cuda
-JAX_DEFAULT_MATMUL_PRECISION=highest step tests 240 \
+JAX_DEFAULT_MATMUL_PRECISION=highest step tests 200 \
   python -m pytest -q -x -p no:cacheprovider tests/test_attention.py tests/test_transformer.py tests/test_rnn.py
-step equivalence 90 python -m bench.attention_equivalence
-step gpt2_small_cudnn 90 python -m lm_jax.bench --case gpt2-small --steps 20
+step equivalence 60 python -m bench.attention_equivalence
+step gpt2_small_cudnn 80 python -m lm_jax.bench --case gpt2-small --steps 20
 [[ -s "$LOGS/gpt2_small_cudnn.log" ]] && mfu_verdict "$LOGS/gpt2_small_cudnn.log"
-step gpt2_small_chunked 60 python -m lm_jax.bench --case gpt2-small --steps 10 --attention chunked
-step gpt2_small_dense 60 python -m lm_jax.bench --case gpt2-small --steps 10 --attention dense
-step long_chunked 40 python -m lm_jax.bench --case long --steps 5
+step gpt2_small_chunked 50 python -m lm_jax.bench --case gpt2-small --steps 10 --attention chunked
+step gpt2_small_dense 50 python -m lm_jax.bench --case gpt2-small --steps 10 --attention dense
+step long_chunked 30 python -m lm_jax.bench --case long --steps 5
 echo "GPU check finished, status $status"
 exit $status
