@@ -102,26 +102,34 @@ class RNNConfig:
     return layers.DTYPES[self.dtype]
 
 
-def _masked_step(cell: Cell, dtype, u_HxG, bn_H, carry, xw_BxG, real_B, start_B, z_BxG):
-  """One time step: reset at a document start, keep the state at padding; `z` is added to U·h (zero, see below)."""
-  carry = jax.tree.map(lambda c: jnp.where(start_B[:, None], 0.0, c), carry)
-  hu_BxG = jnp.dot(cell.hidden(carry).astype(dtype), u_HxG.astype(dtype), preferred_element_type=jnp.float32) + z_BxG
+def _reset(carry, start_B):
+  """The state is zero at a document start."""
+  return jax.tree.map(lambda c: jnp.where(start_B[:, None], 0.0, c), carry)
+
+
+def _recurrent_term(cell: Cell, dtype, u_HxG, carry):
+  """U·h_{t-1}, float32 `[B, gates·H]`."""
+  return jnp.dot(cell.hidden(carry).astype(dtype), u_HxG.astype(dtype), preferred_element_type=jnp.float32)
+
+
+def _update(cell: Cell, bn_H, carry, xw_BxG, hu_BxG, real_B):
+  """The cell's step; padding keeps the state. The state stays float32 under bfloat16 compute."""
   new_carry, y_BxH = cell.step(carry, xw_BxG, hu_BxG, bn_H)
-  # The state stays float32 under bfloat16 compute, so the scan carry keeps one dtype.
   return jax.tree.map(lambda new, old: jnp.where(real_B[:, None], new, old), new_carry, carry), y_BxH
 
 
 def _scan_forward(cell, dtype, reverse, u_HxG, bn_H, carry, xw_TxBxG, real_TxB, start_TxB):
-  """(final carry, outputs h_t `[T, B, H]`, the carry entering each step)."""
-  zero_BxG = jnp.zeros(xw_TxBxG.shape[1:], jnp.float32)
-
+  """(final carry, outputs h_t `[T, B, H]`, (the reset carry entering each step, U·h_{t-1} of each step))."""
   def step(carry, inputs):
-    new_carry, y_BxH = _masked_step(cell, dtype, u_HxG, bn_H, carry, *inputs, zero_BxG)
-    return new_carry, (y_BxH, carry)
+    xw_BxG, real_B, start_B = inputs
+    carry = _reset(carry, start_B)
+    hu_BxG = _recurrent_term(cell, dtype, u_HxG, carry)
+    new_carry, y_BxH = _update(cell, bn_H, carry, xw_BxG, hu_BxG, real_B)
+    return new_carry, (y_BxH, (carry, hu_BxG))
 
-  carry, (y_TxBxH, carries) = jax.lax.scan(step, carry, (xw_TxBxG, real_TxB, start_TxB), reverse=reverse,
-                                           unroll=UNROLL)
-  return carry, y_TxBxH, carries
+  carry, (y_TxBxH, saved) = jax.lax.scan(step, carry, (xw_TxBxG, real_TxB, start_TxB), reverse=reverse,
+                                         unroll=UNROLL)
+  return carry, y_TxBxH, saved
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
@@ -129,35 +137,39 @@ def recur(cell, dtype, reverse, u_HxG, bn_H, carry, xw_TxBxG, real_TxB, start_Tx
   """The recurrence over time-major inputs → (final carry, h_t `[T, B, H]`), with a hand-split backward pass.
 
   Autodiff of a scan accumulates dU = Σ_t h_{t-1}ᵀ·d(U·h)_t inside the backward loop: a [B]-deep outer product
-  per step that made the LSTM's backward ~10x its forward on CPU. Here the backward loop only carries the state's
-  cotangent and emits d(U·h)_t; dU is one `[H, T·B] × [T·B, gates·H]` matmul after it.
+  per step that made the LSTM's backward ~10x its forward on CPU. Here the forward saves U·h_{t-1}, the backward
+  loop carries only the state's cotangent and emits d(U·h)_t, and dU is one `[H, T·B] × [T·B, gates·H]` matmul
+  after it: one matmul per step in each direction.
   """
   carry, y_TxBxH, _ = _scan_forward(cell, dtype, reverse, u_HxG, bn_H, carry, xw_TxBxG, real_TxB, start_TxB)
   return carry, y_TxBxH
 
 
 def _recur_fwd(cell, dtype, reverse, u_HxG, bn_H, carry, xw_TxBxG, real_TxB, start_TxB):
-  carry, y_TxBxH, carries = _scan_forward(cell, dtype, reverse, u_HxG, bn_H, carry, xw_TxBxG, real_TxB, start_TxB)
-  return (carry, y_TxBxH), (u_HxG, bn_H, carries, xw_TxBxG, real_TxB, start_TxB)
+  carry, y_TxBxH, saved = _scan_forward(cell, dtype, reverse, u_HxG, bn_H, carry, xw_TxBxG, real_TxB, start_TxB)
+  return (carry, y_TxBxH), (u_HxG, bn_H, saved, xw_TxBxG, real_TxB, start_TxB)
 
 
 def _recur_bwd(cell, dtype, reverse, residuals, cotangents):
-  u_HxG, bn_H, carries, xw_TxBxG, real_TxB, start_TxB = residuals
+  u_HxG, bn_H, (carries, hu_TxBxG), xw_TxBxG, real_TxB, start_TxB = residuals
   dcarry, dy_TxBxH = cotangents
-  zero_BxG = jnp.zeros(xw_TxBxG.shape[1:], jnp.float32)
+  ut_GxH = u_HxG.T.astype(dtype)
 
   def step(dcarry, inputs):
-    carry, xw_BxG, real_B, start_B, dy_BxH = inputs
-    # U is a constant here; z stands for U·h, so dz is d(U·h)_t, and dcarry already includes dz·Uᵀ.
-    _, vjp = jax.vjp(lambda c, xw, bn, z: _masked_step(cell, dtype, u_HxG, bn, c, xw, real_B, start_B, z),
-                     carry, xw_BxG, bn_H, zero_BxG)
-    dcarry, dxw_BxG, dbn_H, dz_BxG = vjp((dcarry, dy_BxH.astype(jnp.float32)))
-    return dcarry, (dxw_BxG, dbn_H, dz_BxG)
+    carry, hu_BxG, xw_BxG, real_B, start_B, dy_BxH = inputs
+    _, update_vjp = jax.vjp(lambda c, xw, bn, hu: _update(cell, bn, c, xw, hu, real_B), carry, xw_BxG, bn_H, hu_BxG)
+    dcarry, dxw_BxG, dbn_H, dhu_BxG = update_vjp((dcarry, dy_BxH.astype(jnp.float32)))
+    # The path through U·h_{t-1}: dh += d(U·h)·Uᵀ, into the hidden part of the state.
+    _, hidden_vjp = jax.vjp(cell.hidden, carry)
+    (dhidden,) = hidden_vjp(jnp.dot(dhu_BxG.astype(dtype), ut_GxH, preferred_element_type=jnp.float32))
+    dcarry = _reset(jax.tree.map(jnp.add, dcarry, dhidden), start_B)
+    return dcarry, (dxw_BxG, dbn_H, dhu_BxG)
 
-  dcarry, (dxw_TxBxG, dbn_TxH, dz_TxBxG) = jax.lax.scan(
-      step, dcarry, (carries, xw_TxBxG, real_TxB, start_TxB, dy_TxBxH), reverse=not reverse, unroll=UNROLL)
-  h_TxBxH = jnp.where(start_TxB[..., None], 0.0, cell.hidden(carries)).astype(dtype)
-  du_HxG = jnp.einsum('tbh,tbg->hg', h_TxBxH, dz_TxBxG.astype(dtype), preferred_element_type=jnp.float32)
+  dcarry, (dxw_TxBxG, dbn_TxH, dhu_TxBxG) = jax.lax.scan(
+      step, dcarry, (carries, hu_TxBxG, xw_TxBxG, real_TxB, start_TxB, dy_TxBxH), reverse=not reverse,
+      unroll=UNROLL)
+  du_HxG = jnp.einsum('tbh,tbg->hg', cell.hidden(carries).astype(dtype), dhu_TxBxG.astype(dtype),
+                      preferred_element_type=jnp.float32)
   return du_HxG, dbn_TxH.sum(axis=0), dcarry, dxw_TxBxG, None, None
 
 
