@@ -50,7 +50,7 @@ class Case:
   batch: int
   seq: int
   reference: str | None = None  # torch script in --reference_dir
-  accelerator_only: bool = False
+  cpu_suite: bool = True  # part of --suite on a CPU (--case runs any case anywhere)
 
 
 _TRANSFORMER = {'model.name': 'transformer', 'model.num_layers': 4, 'model.d_model': 256, 'model.num_heads': 4,
@@ -68,16 +68,16 @@ CASES = {
     # A small decoder for long sequences (dense vs chunked attention): a 512-token vocabulary keeps the head small.
     'long': Case({'model.name': 'transformer', 'model.task': 'lm', 'model.num_layers': 2, 'model.d_model': 256,
                   'model.num_heads': 4, 'model.mlp_dim': 1024, 'model.dropout': 0.0, 'model.attention': 'chunked'},
-                 512, 1, 8192),
+                 512, 1, 8192, cpu_suite=False),
     # GPT-2 small (124M) in bfloat16 with cuDNN attention: the accelerator MFU case.
     'gpt2-small': Case({'model.name': 'transformer', 'model.task': 'lm', 'model.num_layers': 12, 'model.d_model': 768,
                         'model.num_heads': 12, 'model.mlp_dim': 3072, 'model.dropout': 0.0,
                         'model.dtype': 'bfloat16', 'model.attention': 'cudnn'}, 50257, 16, 1024,
-                       accelerator_only=True),
+                       cpu_suite=False),
 }
 
 _CASE = flags.DEFINE_enum('case', None, list(CASES), 'Benchmark case.')
-_SUITE = flags.DEFINE_bool('suite', False, 'Run every case of this backend (accelerator-only cases need one).')
+_SUITE = flags.DEFINE_bool('suite', False, 'Every case: bert, gpt, lstm on a CPU, all of them on an accelerator.')
 _BATCH = flags.DEFINE_integer('batch', None, 'Global batch size; default: the case\'s.')
 _SEQ = flags.DEFINE_integer('seq', None, 'Sequence length; default: the case\'s.')
 _STEPS = flags.DEFINE_integer('steps', 15, 'Timed train steps.')
@@ -232,7 +232,7 @@ def compare(name: str, bench: Bench, peak, peak_source, steps: int, warmup: int,
 
 def suite_cases() -> list[str]:
   on_accelerator = jax.default_backend() != 'cpu'
-  return [name for name, case in CASES.items() if on_accelerator or not case.accelerator_only]
+  return [name for name, case in CASES.items() if on_accelerator or case.cpu_suite]
 
 
 def main(argv):
