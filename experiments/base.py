@@ -56,7 +56,7 @@ def get_config() -> ml_collections.ConfigDict:
   m.tie_embeddings = True             # LM/MLM output head shares the token embedding
   m.num_classes = 2
   m.dtype = 'float32'                 # compute dtype: float32 | bfloat16 (params and softmax stay float32)
-  m.attention = 'dense'               # dense (lm_jax.attention) | cudnn (jax.nn fused kernel, GPU only)
+  m.attention = 'dense'               # dense (lm_jax.attention) | chunked (online softmax, long T) | cudnn (GPU)
   m.hidden_act = 'gelu'               # transformer MLP activation: gelu (exact) | gelu_new (tanh approximation)
   m.layer_norm_eps = 1e-6             # transformer LayerNorm epsilon (BERT: 1e-12)
   m.type_vocab_size = 0               # token-type (segment A/B) embeddings, type 0 unless given; 0 = none (BERT: 2)

@@ -11,26 +11,18 @@ and; `None` means "no mask"), e.g. a decoder over padded ids:
     mask = combine_masks(causal_mask(T), padding_mask(ids, pad_id=0))
 
 A query row with no allowed key (e.g. a padding query) gets all-zero weights and a zero output, never NaN.
+
+`chunked_dot_product_attention` computes the same output without the `[B, H, T, S]` scores (Rabe & Staats, 2021;
+the online softmax of FlashAttention, Dao et al., 2022): keys in blocks of `key_chunk`, queries in blocks of
+`query_chunk`; per query row it keeps the running max m, the running sum l of exp(s - m) and the running
+Σ exp(s - m)·v (rescaled by exp(m_old - m_new) when m grows). The backward recomputes each block's scores
+(`jax.checkpoint`) instead of storing them, so memory grows with T·S only through the caller's mask and bias.
 """
 
 import math
 
 import jax
 import jax.numpy as jnp
-
-
-def split_heads(x_BxTxD: jax.Array, num_heads: int) -> jax.Array:
-  """`[B, T, H·K] -> [B, T, H, K]`; the inverse of `merge_heads`."""
-  *lead, d = x_BxTxD.shape
-  if d % num_heads:
-    raise ValueError(f'split_heads: feature size {d} is not divisible by num_heads={num_heads}.')
-  return x_BxTxD.reshape(*lead, num_heads, d // num_heads)
-
-
-def merge_heads(x_BxTxHxK: jax.Array) -> jax.Array:
-  """`[B, T, H, K] -> [B, T, H·K]`; the inverse of `split_heads`."""
-  *lead, h, k = x_BxTxHxK.shape
-  return x_BxTxHxK.reshape(*lead, h * k)
 
 
 def causal_mask(length: int) -> jax.Array:
@@ -110,3 +102,89 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, bias: jax
   _check_shapes(q, k, v)
   weights_BxHxTxS = attention_weights(q, k, bias=bias, mask=mask)
   return jnp.einsum('bhts,bshd->bthd', weights_BxHxTxS.astype(v.dtype), v)
+
+
+def _pad_axis(x, axis: int, size: int, full: int, value):
+  """Pads `axis` of x to `size` with `value` when that axis has the full length (not a broadcast 1)."""
+  if x is None or x.shape[axis] != full or size == full:
+    return x
+  widths = [(0, 0)] * x.ndim
+  widths[axis] = (0, size - full)
+  return jnp.pad(x, widths, constant_values=value)
+
+
+def _block(x, axis: int, start, size: int):
+  """The `size` entries of `axis` from `start`, or x itself when that axis is a broadcast 1 (or x is None)."""
+  if x is None or x.shape[axis] == 1:
+    return x
+  return jax.lax.dynamic_slice_in_dim(x, start, size, axis)
+
+
+def _query_block(q_BxQxHxD, k_BxSxHxD, v_BxSxHxD, bias, mask, key_chunk: int):
+  """Online softmax over the key blocks of one query block; float32 `[B, Q, H, Dv]`."""
+  batch, queries, heads, _ = q_BxQxHxD.shape
+  scale = 1.0 / math.sqrt(q_BxQxHxD.shape[-1])
+
+  @jax.checkpoint  # the backward recomputes this block's scores rather than storing them
+  def step(carry, start):
+    max_BxHxQ, sum_BxHxQ, acc_BxQxHxD = carry
+    k_BxCxHxD = jax.lax.dynamic_slice_in_dim(k_BxSxHxD, start, key_chunk, 1)
+    v_BxCxHxD = jax.lax.dynamic_slice_in_dim(v_BxSxHxD, start, key_chunk, 1)
+    scores_BxHxQxC = jnp.einsum('bqhd,bchd->bhqc', q_BxQxHxD, k_BxCxHxD, preferred_element_type=jnp.float32) * scale
+    if bias is not None:
+      scores_BxHxQxC = scores_BxHxQxC + _block(bias, -1, start, key_chunk).astype(jnp.float32)
+    if mask is not None:
+      scores_BxHxQxC = jnp.where(_block(mask, -1, start, key_chunk), scores_BxHxQxC, -jnp.inf)
+    # As in `attention_weights`: a row with no finite score yet is shifted by 0, so it contributes exp(-inf) = 0.
+    # The output does not depend on the shifts, so they carry no gradient.
+    new_max_BxHxQ = jnp.maximum(max_BxHxQ, jnp.max(scores_BxHxQxC, axis=-1))
+    shift_BxHxQ = jax.lax.stop_gradient(jnp.where(jnp.isfinite(new_max_BxHxQ), new_max_BxHxQ, 0.0))
+    unnormalized_BxHxQxC = jnp.exp(scores_BxHxQxC - shift_BxHxQ[..., None])
+    had_score_BxHxQ = jnp.isfinite(max_BxHxQ)  # else sum and acc are still 0: rescale by 0, never by exp(+inf)
+    old_shift_BxHxQ = jax.lax.stop_gradient(jnp.where(had_score_BxHxQ, max_BxHxQ, 0.0))
+    rescale_BxHxQ = jnp.where(had_score_BxHxQ, jnp.exp(old_shift_BxHxQ - shift_BxHxQ), 0.0)
+    sum_BxHxQ = sum_BxHxQ * rescale_BxHxQ + jnp.sum(unnormalized_BxHxQxC, axis=-1)
+    acc_BxQxHxD = acc_BxQxHxD * jnp.swapaxes(rescale_BxHxQ, 1, 2)[..., None] + jnp.einsum(
+        'bhqc,bchd->bqhd', unnormalized_BxHxQxC.astype(v_BxSxHxD.dtype), v_BxCxHxD,
+        preferred_element_type=jnp.float32)
+    return (new_max_BxHxQ, sum_BxHxQ, acc_BxQxHxD), None
+
+  init = (jnp.full((batch, heads, queries), -jnp.inf, jnp.float32), jnp.zeros((batch, heads, queries), jnp.float32),
+          jnp.zeros((batch, queries, heads, v_BxSxHxD.shape[-1]), jnp.float32))
+  starts = jnp.arange(0, k_BxSxHxD.shape[1], key_chunk)
+  (_, sum_BxHxQ, acc_BxQxHxD), _ = jax.lax.scan(step, init, starts)
+  sum_BxQxH = jnp.swapaxes(sum_BxHxQ, 1, 2)
+  return acc_BxQxHxD / jnp.where(sum_BxQxH == 0.0, 1.0, sum_BxQxH)[..., None]
+
+
+def chunked_dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, bias: jax.Array | None = None,
+                                  mask: jax.Array | None = None, query_chunk: int = 512,
+                                  key_chunk: int = 512) -> jax.Array:
+  """`dot_product_attention` in blocks of query_chunk × key_chunk scores; output `[B, T, Hv, Dv]` in v's dtype.
+
+  Lengths that are not a multiple of a chunk are padded (padded keys masked out, padded queries dropped).
+  """
+  _check_shapes(q, k, v)
+  if query_chunk < 1 or key_chunk < 1:
+    raise ValueError(f'chunked attention: query_chunk={query_chunk} and key_chunk={key_chunk} must be >= 1.')
+  length, keys = q.shape[1], k.shape[1]
+  query_chunk, key_chunk = min(query_chunk, length), min(key_chunk, keys)
+  padded_length = -(-length // query_chunk) * query_chunk
+  padded_keys = -(-keys // key_chunk) * key_chunk
+  if padded_keys != keys:
+    key_real = (jnp.arange(padded_keys) < keys)[None, None, None, :]
+    mask = key_real if mask is None else _pad_axis(mask, -1, padded_keys, keys, False) & key_real
+    k, v = (jnp.pad(x, ((0, 0), (0, padded_keys - keys), (0, 0), (0, 0))) for x in (k, v))
+    bias = _pad_axis(bias, -1, padded_keys, keys, 0.0)
+  q = jnp.pad(q, ((0, 0), (0, padded_length - length), (0, 0), (0, 0)))
+  bias = _pad_axis(bias, -2, padded_length, length, 0.0)
+  mask = _pad_axis(mask, -2, padded_length, length, False)
+
+  def one_query_block(start):
+    q_block = jax.lax.dynamic_slice_in_dim(q, start, query_chunk, 1)
+    return _query_block(q_block, k, v, _block(bias, -2, start, query_chunk), _block(mask, -2, start, query_chunk),
+                        key_chunk)
+
+  out_NxBxQxHxD = jax.lax.map(one_query_block, jnp.arange(0, padded_length, query_chunk))
+  out_BxTxHxD = jnp.moveaxis(out_NxBxQxHxD, 0, 1).reshape(q.shape[0], padded_length, *out_NxBxQxHxD.shape[3:])
+  return out_BxTxHxD[:, :length].astype(v.dtype)

@@ -1,5 +1,7 @@
 """lm_jax.attention against a float64 NumPy reference, jax.nn.dot_product_attention, and its own properties."""
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -131,18 +133,104 @@ class AttentionTest(chex.TestCase):
     np.testing.assert_array_equal(combined[0, 0], [[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [0, 0, 0, 0]])
     self.assertIsNone(attention.combine_masks(None, None))
 
-  def test_split_merge_heads_roundtrip(self):
-    x = jax.random.normal(jax.random.key(8), (B, T, H * D))
-    heads = attention.split_heads(x, H)
-    chex.assert_shape(heads, (B, T, H, D))
-    np.testing.assert_array_equal(heads[:, :, 1], x[:, :, D:2 * D])
-    np.testing.assert_array_equal(attention.merge_heads(heads), x)
-    with self.assertRaisesRegex(ValueError, 'num_heads=5'):
-      attention.split_heads(x, 5)
-
   def test_bad_shapes_are_named(self):
     q, k, v, _, _ = random_inputs(9)
     with self.assertRaisesRegex(ValueError, r'q \(2, 5, 3\)'):
       attention.dot_product_attention(q[..., 0], k, v)
     with self.assertRaisesRegex(ValueError, 'must agree'):
       attention.dot_product_attention(q[:, :, :2], k, v)
+
+
+def dense_and_chunked(q, k, v, bias, mask, **chunks):
+  dense = lambda q, k, v, b: attention.dot_product_attention(q, k, v, bias=b, mask=mask)
+  chunked = lambda q, k, v, b: attention.chunked_dot_product_attention(q, k, v, bias=b, mask=mask, **chunks)
+  return dense, chunked
+
+
+def grads(fn, q, k, v, bias):
+  """Gradients of a random projection of the output w.r.t. q, k, v and the bias."""
+  weights = jax.random.normal(jax.random.key(99), (q.shape[0], q.shape[1], v.shape[2], v.shape[3]))
+  return jax.grad(lambda *args: jnp.sum(fn(*args) * weights), argnums=(0, 1, 2, 3))(q, k, v, bias)
+
+
+class ChunkedAttentionTest(chex.TestCase):
+  """chunked_dot_product_attention == dot_product_attention (itself checked against float64 NumPy above)."""
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.named_parameters(
+      ('bias', 'none', True, 2, 3), ('random_mask_bias', 'random', True, 3, 2),
+      ('causal_bias', 'causal', True, 2, 2), ('padding', 'padding', False, 4, 3),
+      ('one_block', 'random', True, 512, 512), ('single_rows', 'causal', True, 1, 1))
+  def test_outputs_and_gradients_equal_dense(self, mask_kind, use_bias, query_chunk, key_chunk):
+    t = s = 7
+    q, k, v, bias, random_mask = random_inputs(20, t=t, s=s)
+    ids = np.array([[5, 7, 9, 4, 0, 0, 0], [3, 4, 6, 1, 2, 8, 0]])
+    mask = {'none': None, 'random': random_mask, 'causal': attention.causal_mask(t),
+            'padding': attention.padding_mask(ids)}[mask_kind]
+    bias = bias if use_bias else jnp.zeros((1, 1, 1, 1))
+    dense, chunked = dense_and_chunked(q, k, v, bias, mask, query_chunk=query_chunk, key_chunk=key_chunk)
+    out = self.variant(chunked)(q, k, v, bias)
+    chex.assert_shape(out, (B, t, H, D))
+    chex.assert_trees_all_close(out, dense(q, k, v, bias), atol=1e-5, rtol=1e-5)
+    chunked_grads = self.variant(lambda *args: grads(chunked, *args))(q, k, v, bias)
+    chex.assert_trees_all_close(chunked_grads, grads(dense, q, k, v, bias), atol=1e-5, rtol=1e-5)
+    chex.assert_tree_all_finite(chunked_grads)
+
+  def test_cross_attention_lengths_and_fully_masked_rows(self):
+    q, k, v, bias, mask = random_inputs(21)  # T=5 queries, S=7 keys, neither a multiple of the chunks
+    mask = mask.at[0, 0, 2, :].set(False)  # query 2 of batch 0 may attend nowhere
+    dense, chunked = dense_and_chunked(q, k, v, bias, mask, query_chunk=2, key_chunk=3)
+    out = jax.jit(chunked)(q, k, v, bias)
+    np.testing.assert_array_equal(out[0, 2], np.zeros((H, D)))
+    chex.assert_trees_all_close(out, dense(q, k, v, bias), atol=1e-5, rtol=1e-5)
+    chex.assert_trees_all_close(grads(chunked, q, k, v, bias), grads(dense, q, k, v, bias), atol=1e-5, rtol=1e-5)
+    # A -inf bias masks like a False mask entry, also inside the running max.
+    neg_inf = jnp.where(mask, 0.0, -jnp.inf)
+    chex.assert_trees_all_close(attention.chunked_dot_product_attention(q, k, v, bias=bias + neg_inf, query_chunk=2,
+                                                                        key_chunk=3), out, atol=1e-6)
+
+  def test_large_score_range_is_stable(self):
+    q, k, v, _, _ = random_inputs(22, t=8, s=8)
+    q = q * 30.0  # scores of several hundred: exp without the running max would overflow
+    dense, chunked = dense_and_chunked(q, k, v, None, attention.causal_mask(8), query_chunk=4, key_chunk=2)
+    chex.assert_trees_all_close(chunked(q, k, v, None), dense(q, k, v, None), atol=1e-5, rtol=1e-5)
+
+  def test_bfloat16_keeps_dtype_and_matches_float32(self):
+    q, k, v, bias, mask = random_inputs(23)
+    as16 = lambda x: x.astype(jnp.bfloat16)
+    out16 = attention.chunked_dot_product_attention(as16(q), as16(k), as16(v), bias=bias, mask=mask, key_chunk=3)
+    self.assertEqual(out16.dtype, jnp.bfloat16)
+    expected = attention.dot_product_attention(q, k, v, bias=bias, mask=mask)
+    np.testing.assert_allclose(out16.astype(jnp.float32), expected, atol=2e-2, rtol=2e-2)
+
+  def test_backward_memory_does_not_grow_with_t_squared(self):
+    def temp_bytes(fn, t):
+      q = k = v = jax.ShapeDtypeStruct((1, t, 2, 16), jnp.float32)
+      loss = lambda q, k, v: fn(q, k, v, mask=attention.causal_mask(t)).sum()
+      return jax.jit(jax.grad(loss, (0, 1, 2))).lower(q, k, v).compile().memory_analysis().temp_size_in_bytes
+
+    chunked = functools.partial(attention.chunked_dot_product_attention, query_chunk=128, key_chunk=128)
+    dense_bytes = temp_bytes(attention.dot_product_attention, 2048)
+    chunked_bytes = temp_bytes(chunked, 2048)
+    # Dense keeps [1, 2, T, T] float32 scores and weights (32 MiB each at T=2048); the blocks are 128 × 128.
+    self.assertGreater(dense_bytes, 32 * 2 ** 20)
+    self.assertLess(chunked_bytes, dense_bytes / 8)
+
+  def test_bad_chunk_is_named(self):
+    q, k, v, _, _ = random_inputs(24)
+    with self.assertRaisesRegex(ValueError, 'key_chunk=0'):
+      attention.chunked_dot_product_attention(q, k, v, key_chunk=0)
+
+  def test_transformer_with_chunked_attention_equals_dense(self):
+    from experiments import base  # pylint: disable=g-import-not-at-top
+    from lm_jax import models  # pylint: disable=g-import-not-at-top
+    config = base.get_config().model
+    config.update(dict(task='lm', num_layers=1, d_model=16, num_heads=2, mlp_dim=32, attention_bias='alibi'))
+    ids = jax.random.randint(jax.random.key(25), (2, 12), 1, 50)
+    logits = {}
+    for name in ('dense', 'chunked'):
+      config.attention = name
+      module = models.get_model(config, vocab_size=50, max_len=12)
+      params = module.init(jax.random.key(0), ids)['params']
+      logits[name] = jax.jit(module.apply)({'params': params}, ids)
+    chex.assert_trees_all_close(logits['chunked'], logits['dense'], atol=1e-5, rtol=1e-5)

@@ -6,6 +6,7 @@ import functools
 from absl.testing import absltest
 from absl.testing import parameterized
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import model_helpers
@@ -13,6 +14,7 @@ import numpy as np
 
 from experiments import base
 from lm_jax import models
+from lm_jax.models import rnn
 
 VOCAB = 23
 MAX_LEN = 16
@@ -52,12 +54,23 @@ def elman_classifier_reference(params, ids, num_layers):
   for row in np.asarray(ids):
     x = p['encoder']['token_embed']['embedding'][row[row != 0]]
     for layer in range(num_layers):
-      forward = run(p['encoder'][f'forward_{layer}']['step']['cell'], x)
-      backward = run(p['encoder'][f'backward_{layer}']['step']['cell'], x[::-1])[::-1]
+      forward = run(p['encoder'][f'forward_{layer}'], x)
+      backward = run(p['encoder'][f'backward_{layer}'], x[::-1])[::-1]
       x = np.concatenate([forward, backward], axis=-1)
     pooled = np.concatenate([forward[-1], backward[0]])
     logits.append(pooled @ p['classifier_head']['output']['kernel'] + p['classifier_head']['output']['bias'])
   return np.stack(logits)
+
+
+def flax_cell_params(name, p):
+  """Our fused W [I, g·H], U [H, g·H], b (+ bn) as the per-gate kernels of flax's LSTMCell / GRUCell."""
+  gates = {'lstm': 'ifgo', 'gru': 'rzn'}[name]
+  w, u, b = (np.split(np.asarray(p[k]), len(gates), axis=-1) for k in ('W', 'U', 'b'))
+  if name == 'lstm':  # flax: input kernels without bias, hidden kernels with it
+    return {**{f'i{g}': {'kernel': w[j]} for j, g in enumerate(gates)},
+            **{f'h{g}': {'kernel': u[j], 'bias': b[j]} for j, g in enumerate(gates)}}
+  return {**{f'i{g}': {'kernel': w[j], 'bias': b[j]} for j, g in enumerate(gates)},  # gru
+          **{f'h{g}': {'kernel': u[j]} for j, g in enumerate(gates)}, 'hn': {'kernel': u[2], 'bias': p['bn']}}
 
 
 def cell_count(cell, inputs, hidden):
@@ -85,6 +98,41 @@ class RNNTest(chex.TestCase):
     inputs = random_ids(2, (3, 9), lengths=[9, 4, 1])
     logits = jax.jit(lambda x: module.apply({'params': params}, x))(inputs)
     np.testing.assert_allclose(logits, elman_classifier_reference(params, inputs, num_layers=2), atol=1e-5)
+
+  @parameterized.product(name=('rnn', 'lstm', 'gru'), reverse=(False, True))
+  def test_hand_split_backward_equals_autodiff(self, name, reverse):
+    cell, (t, b, h) = rnn.CELLS[name], (6, 3, 4)
+    keys = jax.random.split(jax.random.key(10), 4)
+    u = jax.random.normal(keys[0], (h, cell.gates * h)) * 0.5
+    bn = jax.random.normal(keys[1], (h,))
+    carry = jax.tree.map(lambda c: c + jax.random.normal(keys[2], c.shape), cell.zero_carry(b, h))
+    xw = jax.random.normal(keys[3], (t, b, cell.gates * h))
+    real = jnp.asarray(np.random.default_rng(11).random((t, b)) < 0.8)
+    start = jnp.zeros((t, b), bool).at[3, 0].set(True)
+    weights = jax.random.normal(jax.random.key(12), (t, b, h))
+
+    def loss(run, u, bn, carry, xw):
+      final, y = run(cell, jnp.float32, reverse, u, bn, carry, xw, real, start)
+      return jnp.sum(y * weights) + sum(jnp.sum(c ** 2) for c in jax.tree.leaves(final))
+
+    autodiff = lambda *args: rnn._scan_forward(*args)[:2]  # pylint: disable=protected-access
+    expected = jax.grad(functools.partial(loss, autodiff), argnums=(0, 1, 2, 3))(u, bn, carry, xw)
+    got = jax.jit(jax.grad(functools.partial(loss, rnn.recur), argnums=(0, 1, 2, 3)))(u, bn, carry, xw)
+    chex.assert_trees_all_close(got, expected, atol=1e-5, rtol=1e-5)
+    self.assertGreater(float(jnp.abs(got[0]).max()), 1e-3)
+
+  @parameterized.named_parameters(('lstm', 'lstm', nn.LSTMCell), ('gru', 'gru', nn.GRUCell))
+  def test_fused_cells_match_flax_cells(self, name, flax_cell):
+    x_BxTxI = jax.random.normal(jax.random.key(8), (3, 7, 5))
+    real_BxT, starts_BxT = jnp.ones((3, 7), bool), jnp.zeros((3, 7), bool)
+    recurrence = rnn.Recurrence(name, HIDDEN, reverse=False, dtype=jnp.float32)
+    init = lambda x: recurrence.init(jax.random.key(0), x, real_BxT, starts_BxT, False)
+    shapes = jax.eval_shape(init, x_BxTxI)['params']
+    rng = np.random.default_rng(9)
+    params = jax.tree.map(lambda s: jnp.asarray(rng.normal(0.0, 0.4, s.shape), jnp.float32), shapes)
+    ours = recurrence.apply({'params': params}, x_BxTxI, real_BxT, starts_BxT, False)
+    theirs = nn.RNN(flax_cell(HIDDEN)).apply({'params': {'cell': flax_cell_params(name, params)}}, x_BxTxI)
+    chex.assert_trees_all_close(ours, theirs, atol=1e-5, rtol=1e-5)
 
   @parameterized.named_parameters(
       ('lstm_bidirectional_cls', dict(name='lstm', pooling='cls')),

@@ -8,50 +8,79 @@ output; in a packed LM row the state is reset to zero at each document start. Th
 """
 
 import dataclasses
-from typing import Any
+import functools
+from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
-from flax.linen import dtypes
 import jax
 import jax.numpy as jnp
 
 from lm_jax.models import layers
 
 TASKS = ('classification', 'lm')
+# Time steps per loop iteration of the scans (lax.scan's unroll). 1 was faster than 4, 8 and 16 for the LSTM bench
+# case on the 2-core CPU (BENCHMARKS.md): larger unrolled bodies compiled slower and ran no faster.
+UNROLL = 1
 
 
-class ElmanCell(nn.RNNCellBase):
-  """h_t = tanh(W·x_t + U·h_{t-1} + b) (Elman, 1990); the carry and the output are both h."""
-  features: int
-  dtype: Any = None
-  param_dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, h_BxH, x_BxI):
-    w_IxH = self.param('W', nn.initializers.lecun_normal(), (x_BxI.shape[-1], self.features), self.param_dtype)
-    u_HxH = self.param('U', nn.initializers.orthogonal(), (self.features, self.features), self.param_dtype)
-    b_H = self.param('b', nn.initializers.zeros, (self.features,), self.param_dtype)
-    x_BxI, h_BxH, w_IxH, u_HxH, b_H = dtypes.promote_dtype(x_BxI, h_BxH, w_IxH, u_HxH, b_H, dtype=self.dtype)
-    h_BxH = jnp.tanh(x_BxI @ w_IxH + h_BxH @ u_HxH + b_H)
-    return h_BxH, h_BxH
-
-  @nn.nowrap
-  def initialize_carry(self, rng, input_shape):
-    del rng  # the state starts at zero
-    return jnp.zeros(input_shape[:-1] + (self.features,), self.param_dtype)
-
-  @property
-  def num_feature_axes(self) -> int:
-    return 1
+def _elman(h_BxH, xw_BxG, hu_BxG, _):
+  """h_t = tanh(W·x_t + b + U·h_{t-1}) (Elman, 1990)."""
+  h_BxH = jnp.tanh(xw_BxG + hu_BxG)
+  return h_BxH, h_BxH
 
 
-CELLS = {'rnn': ElmanCell, 'lstm': nn.OptimizedLSTMCell, 'gru': nn.GRUCell}
+def _lstm(carry, xw_BxG, hu_BxG, _):
+  """Gates i, f, g, o = split(W·x_t + b + U·h_{t-1}); c_t = σ(f)·c + σ(i)·tanh(g), h_t = σ(o)·tanh(c_t)."""
+  c_BxH, _ = carry
+  i_BxH, f_BxH, g_BxH, o_BxH = jnp.split(xw_BxG + hu_BxG, 4, axis=-1)
+  c_BxH = jax.nn.sigmoid(f_BxH) * c_BxH + jax.nn.sigmoid(i_BxH) * jnp.tanh(g_BxH)
+  h_BxH = jax.nn.sigmoid(o_BxH) * jnp.tanh(c_BxH)
+  return (c_BxH, h_BxH), h_BxH
+
+
+def _gru(h_BxH, xw_BxG, hu_BxG, bn_H):
+  """r, z = σ(W·x_t + b + U·h_{t-1}); n = tanh(W_n·x_t + b_n + r·(U_n·h_{t-1} + bn)); h_t = (1-z)·n + z·h."""
+  xr_BxH, xz_BxH, xn_BxH = jnp.split(xw_BxG, 3, axis=-1)
+  hr_BxH, hz_BxH, hn_BxH = jnp.split(hu_BxG, 3, axis=-1)
+  r_BxH = jax.nn.sigmoid(xr_BxH + hr_BxH)
+  z_BxH = jax.nn.sigmoid(xz_BxH + hz_BxH)
+  n_BxH = jnp.tanh(xn_BxH + r_BxH * (hn_BxH + bn_H))
+  h_BxH = (1.0 - z_BxH) * n_BxH + z_BxH * h_BxH
+  return h_BxH, h_BxH
+
+
+class Cell(NamedTuple):
+  """A recurrence as `step(carry, W·x_t + b, U·h_{t-1}, bn) -> (carry, h_t)` over `gates` blocks of H features."""
+  gates: int
+  step: Callable
+  lstm_carry: bool = False  # carry (c, h) rather than h
+  gru_bias: bool = False    # the GRU's extra bias bn inside r·(U_n·h + bn)
+
+  def zero_carry(self, batch: int, features: int):
+    h_BxH = jnp.zeros((batch, features), jnp.float32)
+    return (h_BxH, h_BxH) if self.lstm_carry else h_BxH
+
+  def hidden(self, carry):
+    return carry[1] if self.lstm_carry else carry
+
+
+# Same equations and parameter counts as flax's SimpleCell/OptimizedLSTMCell/GRUCell, with the input weights of all
+# gates in one matrix W [I, gates·H] so that W·x for every time step is one matmul before the recurrence.
+CELLS = {'rnn': Cell(1, _elman), 'lstm': Cell(4, _lstm, lstm_carry=True), 'gru': Cell(3, _gru, gru_bias=True)}
+
+
+def _blockwise_orthogonal(gates: int):
+  """Init of U [H, gates·H]: one orthogonal H×H block per gate (as flax's per-gate recurrent kernels)."""
+  def init(key, shape, dtype=jnp.float32):
+    blocks = [nn.initializers.orthogonal()(k, (shape[0], shape[0]), dtype) for k in jax.random.split(key, gates)]
+    return jnp.concatenate(blocks, axis=1)
+  return init
 
 
 @dataclasses.dataclass(frozen=True)
 class RNNConfig:
-  """Everything an RNN module needs; built from `config.model` by `build`."""
-  cell: str
+  """Everything an RNN module needs; built from `config.model` by `build` (name = the cell)."""
+  name: str
   vocab_size: int
   num_layers: int = 1
   d_model: int = 32
@@ -63,7 +92,7 @@ class RNNConfig:
   dtype: str = 'float32'
 
   def __post_init__(self):
-    layers.check_choice('model.name', self.cell, tuple(CELLS))
+    layers.check_choice('model.name', self.name, tuple(CELLS))
     layers.check_choice('model.pooling', self.pooling, layers.POOLINGS)
     layers.check_choice('model.dtype', self.dtype, tuple(layers.DTYPES))
     layers.check_dropout(self.dropout)
@@ -73,24 +102,86 @@ class RNNConfig:
     return layers.DTYPES[self.dtype]
 
 
-class _Step(nn.Module):
-  """One time step of the cell: the state resets to zero at a document start and stays unchanged at padding."""
-  cell: str
-  features: int
-  dtype: Any
+def _reset(carry, start_B):
+  """The state is zero at a document start."""
+  return jax.tree.map(lambda c: jnp.where(start_B[:, None], 0.0, c), carry)
 
-  @nn.compact
-  def __call__(self, carry, inputs):
-    x_BxI, real_B, start_B = inputs
-    carry = jax.tree.map(lambda c: jnp.where(start_B[:, None], jnp.zeros_like(c), c), carry)
-    new_carry, y_BxH = CELLS[self.cell](self.features, dtype=self.dtype, name='cell')(carry, x_BxI)
-    # The state stays float32 under bfloat16 compute, so the scan carry keeps one dtype.
-    carry = jax.tree.map(lambda new, old: jnp.where(real_B[:, None], new.astype(old.dtype), old), new_carry, carry)
-    return carry, y_BxH
+
+def _recurrent_term(cell: Cell, dtype, u_HxG, carry):
+  """U·h_{t-1}, float32 `[B, gates·H]`."""
+  return jnp.dot(cell.hidden(carry).astype(dtype), u_HxG.astype(dtype), preferred_element_type=jnp.float32)
+
+
+def _update(cell: Cell, bn_H, carry, xw_BxG, hu_BxG, real_B):
+  """The cell's step; padding keeps the state. The state stays float32 under bfloat16 compute."""
+  new_carry, y_BxH = cell.step(carry, xw_BxG, hu_BxG, bn_H)
+  return jax.tree.map(lambda new, old: jnp.where(real_B[:, None], new, old), new_carry, carry), y_BxH
+
+
+def _scan_forward(cell, dtype, reverse, u_HxG, bn_H, carry, xw_TxBxG, real_TxB, start_TxB):
+  """(final carry, outputs h_t `[T, B, H]`, (the reset carry entering each step, U·h_{t-1} of each step))."""
+  def step(carry, inputs):
+    xw_BxG, real_B, start_B = inputs
+    carry = _reset(carry, start_B)
+    hu_BxG = _recurrent_term(cell, dtype, u_HxG, carry)
+    new_carry, y_BxH = _update(cell, bn_H, carry, xw_BxG, hu_BxG, real_B)
+    return new_carry, (y_BxH, (carry, hu_BxG))
+
+  carry, (y_TxBxH, saved) = jax.lax.scan(step, carry, (xw_TxBxG, real_TxB, start_TxB), reverse=reverse,
+                                         unroll=UNROLL)
+  return carry, y_TxBxH, saved
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def recur(cell, dtype, reverse, u_HxG, bn_H, carry, xw_TxBxG, real_TxB, start_TxB):
+  """The recurrence over time-major inputs → (final carry, h_t `[T, B, H]`), with a hand-split backward pass.
+
+  Autodiff of a scan accumulates dU = Σ_t h_{t-1}ᵀ·d(U·h)_t inside the backward loop: a [B]-deep outer product
+  per step that made the LSTM's backward ~10x its forward on CPU. Here the forward saves U·h_{t-1}, the backward
+  loop carries only the state's cotangent and emits d(U·h)_t, and dU is one `[H, T·B] × [T·B, gates·H]` matmul
+  after it: one matmul per step in each direction.
+  """
+  carry, y_TxBxH, _ = _scan_forward(cell, dtype, reverse, u_HxG, bn_H, carry, xw_TxBxG, real_TxB, start_TxB)
+  return carry, y_TxBxH
+
+
+def _recur_fwd(cell, dtype, reverse, u_HxG, bn_H, carry, xw_TxBxG, real_TxB, start_TxB):
+  carry, y_TxBxH, saved = _scan_forward(cell, dtype, reverse, u_HxG, bn_H, carry, xw_TxBxG, real_TxB, start_TxB)
+  return (carry, y_TxBxH), (u_HxG, bn_H, saved, xw_TxBxG, real_TxB, start_TxB)
+
+
+def _recur_bwd(cell, dtype, reverse, residuals, cotangents):
+  u_HxG, bn_H, (carries, hu_TxBxG), xw_TxBxG, real_TxB, start_TxB = residuals
+  dcarry, dy_TxBxH = cotangents
+  ut_GxH = u_HxG.T.astype(dtype)
+
+  def step(dcarry, inputs):
+    carry, hu_BxG, xw_BxG, real_B, start_B, dy_BxH = inputs
+    _, update_vjp = jax.vjp(lambda c, xw, bn, hu: _update(cell, bn, c, xw, hu, real_B), carry, xw_BxG, bn_H, hu_BxG)
+    dcarry, dxw_BxG, dbn_H, dhu_BxG = update_vjp((dcarry, dy_BxH.astype(jnp.float32)))
+    # The path through U·h_{t-1}: dh += d(U·h)·Uᵀ, into the hidden part of the state.
+    _, hidden_vjp = jax.vjp(cell.hidden, carry)
+    (dhidden,) = hidden_vjp(jnp.dot(dhu_BxG.astype(dtype), ut_GxH, preferred_element_type=jnp.float32))
+    dcarry = _reset(jax.tree.map(jnp.add, dcarry, dhidden), start_B)
+    return dcarry, (dxw_BxG, dbn_H, dhu_BxG)
+
+  dcarry, (dxw_TxBxG, dbn_TxH, dhu_TxBxG) = jax.lax.scan(
+      step, dcarry, (carries, hu_TxBxG, xw_TxBxG, real_TxB, start_TxB, dy_TxBxH), reverse=not reverse,
+      unroll=UNROLL)
+  du_HxG = jnp.einsum('tbh,tbg->hg', cell.hidden(carries).astype(dtype), dhu_TxBxG.astype(dtype),
+                      preferred_element_type=jnp.float32)
+  return du_HxG, dbn_TxH.sum(axis=0), dcarry, dxw_TxBxG, None, None
+
+
+recur.defvjp(_recur_fwd, _recur_bwd)
 
 
 class Recurrence(nn.Module):
-  """One direction of one layer, `[B, T, I]` → `[B, T, H]`; with `decode` the state carries over in 'cache'."""
+  """One direction of one layer, `[B, T, I]` → `[B, T, H]`; with `decode` the state carries over in 'cache'.
+
+  The state resets to zero at a document start and stays unchanged at padding. The input projection W·x_t + b of
+  all T steps is one `[B·T, I] × [I, gates·H]` matmul; only U·h_{t-1} stays inside the scan (as cuDNN and torch).
+  """
   cell: str
   features: int
   reverse: bool
@@ -98,16 +189,21 @@ class Recurrence(nn.Module):
 
   @nn.compact
   def __call__(self, x_BxTxI, real_BxT, starts_BxT, decode: bool):
-    # All three cells start from zeros, so the key is never drawn from.
-    zero_carry = CELLS[self.cell](self.features, parent=None).initialize_carry(jax.random.key(0), x_BxTxI[:, 0].shape)
+    cell, h = CELLS[self.cell], self.features
+    w_IxG = self.param('W', nn.initializers.lecun_normal(), (x_BxTxI.shape[-1], cell.gates * h), jnp.float32)
+    u_HxG = self.param('U', _blockwise_orthogonal(cell.gates), (h, cell.gates * h), jnp.float32)
+    b_G = self.param('b', nn.initializers.zeros, (cell.gates * h,), jnp.float32)
+    bn_H = self.param('bn', nn.initializers.zeros, (h,), jnp.float32) if cell.gru_bias else jnp.zeros((h,))
+    xw_BxTxG = jnp.einsum('bti,ig->btg', x_BxTxI.astype(self.dtype), w_IxG.astype(self.dtype),
+                          preferred_element_type=jnp.float32) + b_G
+    zero_carry = cell.zero_carry(x_BxTxI.shape[0], h)
     state = self.variable('cache', 'state', lambda: zero_carry) if decode else None
-    scan = nn.scan(_Step, variable_broadcast='params', split_rngs={'params': False}, in_axes=1, out_axes=1,
-                   reverse=self.reverse)
-    carry, y_BxTxH = scan(self.cell, self.features, self.dtype, name='step')(
-        zero_carry if state is None else state.value, (x_BxTxI, real_BxT, starts_BxT))
+    time_major = lambda a: jnp.swapaxes(a, 0, 1)
+    carry, y_TxBxH = recur(cell, self.dtype, self.reverse, u_HxG, bn_H, zero_carry if state is None else state.value,
+                           time_major(xw_BxTxG), time_major(real_BxT), time_major(starts_BxT))
     if state is not None:
       state.value = carry
-    return y_BxTxH
+    return time_major(y_TxBxH).astype(self.dtype)
 
 
 class RNN(nn.Module):
@@ -118,7 +214,7 @@ class RNN(nn.Module):
   def setup(self):
     cfg = self.config
     self.token_embed = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=cfg.compute_dtype, param_dtype=jnp.float32)
-    recurrence = lambda reverse: Recurrence(cfg.cell, cfg.d_model, reverse=reverse, dtype=cfg.compute_dtype)
+    recurrence = lambda reverse: Recurrence(cfg.name, cfg.d_model, reverse=reverse, dtype=cfg.compute_dtype)
     self.forward = [recurrence(False) for _ in range(cfg.num_layers)]
     self.backward = [recurrence(True) for _ in range(cfg.num_layers if self.bidirectional else 0)]
     self.dropout = layers.Dropout(cfg.dropout)
@@ -175,7 +271,7 @@ class RNNModel(nn.Module):
   task: str
 
   def __post_init__(self):
-    layers.check_choice(f'model.task (model.name={self.config.cell!r})', self.task, TASKS)
+    layers.check_choice(f'model.task (model.name={self.config.name!r})', self.task, TASKS)
     super().__post_init__()
 
   @property
@@ -207,8 +303,6 @@ class RNNModel(nn.Module):
 def build(model_config, *, vocab_size: int, max_len: int) -> RNNModel:
   """`config.model` (name rnn | lstm | gru) → the module for `model_config.task`."""
   del max_len  # a recurrence has no position table
-  mc = model_config
-  config = RNNConfig(cell=mc.name, vocab_size=vocab_size, num_layers=mc.num_layers, d_model=mc.d_model,
-                     dropout=mc.dropout, bidirectional=mc.bidirectional, pooling=mc.pooling,
-                     tie_embeddings=mc.tie_embeddings, num_classes=mc.num_classes, dtype=mc.dtype)
-  return RNNModel(config, task=mc.task)
+  fields = {f.name for f in dataclasses.fields(RNNConfig)} - {'vocab_size'}
+  config = RNNConfig(vocab_size=vocab_size, **{key: model_config[key] for key in fields if key in model_config})
+  return RNNModel(config, task=model_config.task)

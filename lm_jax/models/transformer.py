@@ -25,7 +25,7 @@ from lm_jax.models import layers
 TASKS = ('classification', 'mlm', 'lm')
 ATTENTION_BIASES = ('none', 'relative', 'alibi')
 POSITIONS = ('learned', 'sinusoidal', 'none')
-ATTENTIONS = ('dense', 'cudnn')
+ATTENTIONS = ('dense', 'chunked', 'cudnn')
 # model.hidden_act, by Hugging Face's names: the MLP's activation and the MLM transform's.
 ACTIVATIONS = {
     'gelu': functools.partial(nn.gelu, approximate=False),    # exact: x·Φ(x)
@@ -150,6 +150,8 @@ def sinusoidal_positions(positions_BxT: jax.Array, d_model: int) -> jax.Array:
 def _attend(q, k, v, *, bias, mask, implementation: str):
   if implementation == 'dense':
     return attention.dot_product_attention(q, k, v, bias=bias, mask=mask)
+  if implementation == 'chunked':
+    return attention.chunked_dot_product_attention(q, k, v, bias=bias, mask=mask)
   # cuDNN folds the mask into one bias in the compute dtype.
   bias = None if bias is None else bias.astype(q.dtype)
   return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, implementation='cudnn')
