@@ -22,7 +22,6 @@ def get_config(variant: str = ''):
   c.data.max_len = 64
   c.data.mqar.num_pairs = 8
   c.data.mqar.num_queries = 8
-  c.data.mqar.num_train = 20000
   c.data.mqar.num_eval = 1000
   c.model.task = 'lm'
   c.model.num_layers = 2

@@ -16,10 +16,14 @@ data.max_len = 10, pairs k1→v2 and k3→v0, queries at positions 6 and 8:
   weights   0  0  0  0  0  0  1  0  1  0
 
 Keys within an example are distinct and in random order, values are drawn with replacement, and the queried keys
-are distinct. 'train' (data.mqar.num_train examples) and 'validation' (num_eval) come from separate random streams
-seeded by [config.seed, 0, split] (tag 0 of pipeline.py's streams), so the same seed gives the same examples on
-every machine.
+are distinct. Examples are generated on use, as in Zoology: example i of a split is a function of its own uniform
+draws, from numpy's stream [config.seed, 0, split, i] (tag 0 of pipeline.py's streams; split 0 = 'train',
+1 = 'validation'), so it is the same on every machine and for any process count, and resuming replays it exactly.
+'train' has data.mqar.num_train examples: a run that sees at most that many (num_steps × batch_size) never sees one
+twice, so it cannot memorize a fixed set. 'validation' is a fixed held-out set of num_eval examples.
 """
+
+import functools
 
 import numpy as np
 
@@ -28,7 +32,7 @@ from lm_jax.data import pipeline
 from lm_jax.data import tokenizers
 
 _FIRST = tokenizers.SymbolTokenizer.num_specials
-_CHUNK = 1024   # examples generated at once: bounds the [chunk, K] random draw used to pick distinct keys
+SPLITS = ('train', 'validation')   # index = the split's number in the random stream key
 
 
 def symbols(vocab_size: int) -> list[str]:
@@ -39,39 +43,87 @@ def symbols(vocab_size: int) -> list[str]:
           + spare)
 
 
+class Spec:
+  """The shape of an example (vocabulary, length, pairs, queries), checked once; see the module docstring.
+
+  min_pairs < num_pairs mixes difficulties, as Zoology trains on several pair counts: each example then has p pairs,
+  p uniform in [min_pairs, num_pairs], and min(p, num_queries) queries.
+  """
+
+  def __init__(self, *, vocab_size: int, length: int, num_pairs: int, num_queries: int, min_pairs: int = 0):
+    self.num_keys = (vocab_size - _FIRST) // 2
+    if not 1 <= num_queries <= num_pairs <= self.num_keys:
+      raise ValueError(f'Need 1 <= data.mqar.num_queries ({num_queries}) <= num_pairs ({num_pairs}) <= the '
+                       f'{self.num_keys} keys that data.vocab_size={vocab_size} allows.')
+    if not 0 <= min_pairs <= num_pairs:
+      raise ValueError(f'data.mqar.train_min_pairs={min_pairs} must be in [1, num_pairs={num_pairs}], or 0 for '
+                       f'num_pairs.')
+    self.min_pairs = min_pairs or num_pairs
+    self.num_slots = (length + 1 - 2 * self.min_pairs) // 2   # most places a query (key, value) can start
+    if (length + 1 - 2 * num_pairs) // 2 < num_queries:
+      raise ValueError(f'data.max_len={length} has room for {max((length + 1 - 2 * num_pairs) // 2, 0)} queries '
+                       f'after {num_pairs} pairs, not data.mqar.num_queries={num_queries}.')
+    self.length, self.num_pairs, self.num_queries = length, num_pairs, num_queries
+    # Uniform draws per example: the pair count, a sort key per key (which keys, in which order), then per pair
+    # its value and whether it is queried, then a sort key per slot (where the queries go).
+    self.num_draws = 1 + self.num_keys + 2 * num_pairs + self.num_slots
+
+  def examples(self, uniform_NxD: np.ndarray) -> dict[str, np.ndarray]:
+    """{'inputs', 'targets': int32 [N, length], 'weights': float32 [N, length]}: row n made from uniform_NxD[n]."""
+    n, k, p, q = len(uniform_NxD), self.num_keys, self.num_pairs, self.num_queries
+    count_draw, key_draw, value_draw, query_draw, slot_draw = np.split(
+        uniform_NxD, np.cumsum([1, k, p, p]), axis=1)
+    span = p - self.min_pairs + 1
+    pairs_N = self.min_pairs + np.minimum((count_draw[:, 0] * span).astype(np.int64), span - 1)
+    keys = np.argpartition(key_draw, p - 1, axis=1)[:, :p]   # a uniform random set of distinct keys
+    keys = np.take_along_axis(keys, np.argsort(np.take_along_axis(key_draw, keys, 1), 1), 1)   # in random order
+    values = np.minimum((value_draw * k).astype(np.int64), k - 1)   # with replacement
+    # Draws are < 1, so a 2 sorts the pairs past an example's count, and the slots past its room, last.
+    queried = np.argsort(np.where(np.arange(p) < pairs_N[:, None], query_draw, 2), 1)[:, :q]
+    room_N = (self.length + 1 - 2 * pairs_N) // 2
+    slots = np.sort(np.argsort(np.where(np.arange(self.num_slots) < room_N[:, None], slot_draw, 2), 1)[:, :q], 1)
+    seq = np.zeros((n, self.length + 1), np.int32)
+    weights = np.zeros((n, self.length), np.float32)
+    row, pair = np.nonzero(np.arange(p) < pairs_N[:, None])
+    seq[row, 2 * pair] = _FIRST + keys[row, pair]
+    seq[row, 2 * pair + 1] = _FIRST + k + values[row, pair]
+    row, query = np.nonzero(np.arange(q) < np.minimum(pairs_N, q)[:, None])
+    at = 2 * pairs_N[row] + 2 * slots[row, query]
+    seq[row, at] = _FIRST + keys[row, queried[row, query]]
+    seq[row, at + 1] = _FIRST + k + values[row, queried[row, query]]
+    weights[row, at] = 1
+    return {'inputs': seq[:, :-1], 'targets': seq[:, 1:], 'weights': weights}
+
+
 def generate(num_examples: int, *, vocab_size: int, length: int, num_pairs: int, num_queries: int,
-             rng: np.random.Generator) -> dict[str, np.ndarray]:
-  """{'inputs', 'targets': int32 [N, length], 'weights': float32 [N, length]}; see the module docstring."""
-  num_keys = (vocab_size - _FIRST) // 2
-  if not 1 <= num_queries <= num_pairs <= num_keys:
-    raise ValueError(f'Need 1 <= data.mqar.num_queries ({num_queries}) <= num_pairs ({num_pairs}) <= the '
-                     f'{num_keys} keys that data.vocab_size={vocab_size} allows.')
-  num_slots = (length + 1 - 2 * num_pairs) // 2
-  if num_slots < num_queries:
-    raise ValueError(f'data.max_len={length} has room for {max(num_slots, 0)} queries after {num_pairs} pairs, '
-                     f'not data.mqar.num_queries={num_queries}.')
-  seq = np.zeros((num_examples, length + 1), np.int32)
-  weights = np.zeros((num_examples, length), np.float32)
-  for start in range(0, num_examples, _CHUNK):
-    n = min(_CHUNK, num_examples - start)
-    rows = np.arange(start, start + n)[:, None]
-    draw = rng.random((n, num_keys))
-    keys = np.argpartition(draw, num_pairs - 1, axis=1)[:, :num_pairs]   # a uniform random set of distinct keys
-    keys = np.take_along_axis(keys, np.argsort(np.take_along_axis(draw, keys, 1), 1), 1)   # in random order
-    values = rng.integers(0, num_keys, (n, num_pairs))
-    queried = np.argsort(rng.random((n, num_pairs)), 1)[:, :num_queries]
-    slots = np.sort(np.argsort(rng.random((n, num_slots)), 1)[:, :num_queries], 1)
-    seq[rows, np.arange(0, 2 * num_pairs, 2)] = _FIRST + keys
-    seq[rows, np.arange(1, 2 * num_pairs, 2)] = _FIRST + num_keys + values
-    at = 2 * num_pairs + 2 * slots
-    seq[rows, at] = _FIRST + np.take_along_axis(keys, queried, 1)
-    seq[rows, at + 1] = _FIRST + num_keys + np.take_along_axis(values, queried, 1)
-    weights[rows, at] = 1
-  return {'inputs': seq[:, :-1], 'targets': seq[:, 1:], 'weights': weights}
+             rng: np.random.Generator, min_pairs: int = 0) -> dict[str, np.ndarray]:
+  """`num_examples` examples from one generator; see the module docstring and Spec."""
+  spec = Spec(vocab_size=vocab_size, length=length, num_pairs=num_pairs, num_queries=num_queries,
+              min_pairs=min_pairs)
+  return spec.examples(rng.random((num_examples, spec.num_draws)))
+
+
+class StreamRows:
+  """packing.Rows of `num_examples` examples generated on use: row i from numpy's stream [seed, 0, split, i]."""
+
+  def __init__(self, spec: Spec, num_examples: int, *, seed: int, split: int):
+    self.spec, self._num_examples, self._key = spec, num_examples, [seed, 0, split]
+
+  def __len__(self) -> int:
+    return self._num_examples
+
+  def take(self, idx: np.ndarray) -> dict[str, np.ndarray]:
+    idx = np.asarray(idx, np.int64)
+    if idx.size and not (0 <= idx.min() and idx.max() < self._num_examples):
+      raise IndexError(f'Rows {idx.min()}..{idx.max()} asked of a split with {self._num_examples} examples.')
+    uniform_NxD = np.empty((len(idx), self.spec.num_draws))
+    for n, i in enumerate(idx.tolist()):
+      uniform_NxD[n] = np.random.default_rng(self._key + [i]).random(self.spec.num_draws)
+    return self.spec.examples(uniform_NxD)
 
 
 def build(data_config, *, task: str, seed: int, tokenizer_dir: str) -> pipeline.Data:
-  """MQAR Data for task 'lm' with splits 'train' and 'validation'."""
+  """MQAR Data for task 'lm' with splits 'train' (generated on use) and 'validation' (generated once)."""
   del task   # the registry admits only 'lm'
   vocab = symbols(data_config.vocab_size)
   tok = tokenizers.load_or_make(tokenizer_dir, tokenizers.SymbolTokenizer.kind,
@@ -80,13 +132,13 @@ def build(data_config, *, task: str, seed: int, tokenizer_dir: str) -> pipeline.
     raise ValueError(f'{tokenizer_dir} holds an mqar vocabulary of {tok.vocab_size} symbols, but data.vocab_size='
                      f'{data_config.vocab_size}: use the run\'s configuration or a new workdir.')
   cfg = data_config.mqar
-
-  def split(num_examples: int, stream: int):
-    return lambda: packing.ArrayRows(generate(
-        num_examples, vocab_size=data_config.vocab_size, length=data_config.max_len, num_pairs=cfg.num_pairs,
-        num_queries=cfg.num_queries, rng=np.random.default_rng([seed, 0, stream])))
-
-  return pipeline.Data(tok, {'train': split(cfg.num_train, 0), 'validation': split(cfg.num_eval, 1)},
+  spec = functools.partial(Spec, vocab_size=data_config.vocab_size, length=data_config.max_len,
+                           num_pairs=cfg.num_pairs, num_queries=cfg.num_queries)
+  train = StreamRows(spec(min_pairs=cfg.train_min_pairs), cfg.num_train, seed=seed, split=SPLITS.index('train'))
+  validation = StreamRows(spec(), cfg.num_eval, seed=seed, split=SPLITS.index('validation'))
+  # Validation is read every evaluation: generate it once and keep it.
+  return pipeline.Data(tok, {'train': lambda: train,
+                             'validation': lambda: packing.ArrayRows(validation.take(np.arange(cfg.num_eval)))},
                        task='lm', seed=seed)
 
 
