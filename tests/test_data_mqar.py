@@ -23,12 +23,14 @@ def _check_example(test, inputs, targets, weights, *, num_keys, num_pairs, num_q
   test.assertLen(set(asked), num_queries)
   for t, key in zip(scored, asked):
     test.assertEqual(targets[t] - first - num_keys, answer[key])
-  np.testing.assert_array_equal(targets[:-1], inputs[1:])
+  answers = scored[scored + 1 < len(inputs)] + 1   # hidden from the inputs, as in Zoology
+  test.assertTrue(np.all(inputs[answers] == 0))
+  shown = np.ones(len(inputs) - 1, bool)
+  shown[answers - 1] = False
+  np.testing.assert_array_equal(targets[:-1][shown], inputs[1:][shown])
   rest = np.ones(len(inputs), bool)
-  rest[:2 * num_pairs] = False
-  rest[scored] = rest[np.minimum(scored + 1, len(inputs) - 1)] = False
+  rest[:2 * num_pairs] = rest[scored] = False
   test.assertTrue(np.all(inputs[rest] == 0))
-
 
 class MqarTest(chex.TestCase):
 
@@ -72,14 +74,14 @@ class MqarTest(chex.TestCase):
     data = data_lib.build(cfg, task='lm', seed=0, tokenizer_dir=self.create_tempdir().full_path)
     tok = data.tokenizer
     self.assertEqual(tok.vocab_size, 16)
-    self.assertEqual(tok.decode([7, 13, 9, 11, 0, 0, 9, 11, 7, 13]), 'k1 v2 k3 v0 k3 v0 k1 v2')
+    self.assertEqual(tok.decode([7, 13, 9, 11, 0, 0, 9, 0, 7, 0]), 'k1 v2 k3 v0 k3 k1')
     self.assertEqual(tok.encode('k1 v2 k3 v0'), [7, 13, 9, 11])
     np.testing.assert_array_equal(tok.token_bytes()[[0, 5, 6, 15]], [0, 0, 2, 2])
     # Draws that choose the docstring's example: (the one pair count), keys k1 then k3 (smallest sort keys),
     # values v2 and v0, the queries k3 then k1, in slots 1 and 2 (positions 6 and 8).
     uniform = np.array([[.3,   .5, .1, .6, .2, .7,   .5, .1,   .9, .1,   .9, .1, .2]])
     example = mqar.Spec(vocab_size=16, length=10, num_pairs=2, num_queries=2).examples(uniform)
-    np.testing.assert_array_equal(example['inputs'], [[7, 13, 9, 11, 0, 0, 9, 11, 7, 13]])
+    np.testing.assert_array_equal(example['inputs'], [[7, 13, 9, 11, 0, 0, 9, 0, 7, 0]])
     np.testing.assert_array_equal(example['targets'], [[13, 9, 11, 0, 0, 9, 11, 7, 13, 0]])
     np.testing.assert_array_equal(example['weights'], [[0, 0, 0, 0, 0, 0, 1, 0, 1, 0]])
 
@@ -144,6 +146,8 @@ class MqarTest(chex.TestCase):
       mqar.generate(2, vocab_size=64, length=64, num_pairs=8, num_queries=9, rng=rng)
     with self.assertRaisesRegex(ValueError, 'data.max_len=20 has room for 2 queries'):
       mqar.generate(2, vocab_size=64, length=20, num_pairs=8, num_queries=3, rng=rng)
+    with self.assertRaisesRegex(ValueError, r'train_min_pairs=9 must be in \[1, num_pairs=8\]'):
+      mqar.generate(2, vocab_size=64, length=64, num_pairs=8, num_queries=3, min_pairs=9, rng=rng)
     directory = self.create_tempdir().full_path
     cfg.vocab_size, cfg.mqar.num_train, cfg.mqar.num_eval = 64, 10, 10
     data_lib.build(cfg, task='lm', seed=0, tokenizer_dir=directory)

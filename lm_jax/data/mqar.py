@@ -2,16 +2,18 @@
 
 It measures how well a sequence mixer recalls key-value pairs seen earlier in the sequence: the offline research
 task for transformer-vs-RNN ablations. Each example is data.mqar.num_pairs key-value pairs, then
-data.mqar.num_queries of those keys again, at random non-overlapping places in the rest of the sequence, each
-followed by its value; everything else is pad (0). Inputs are the sequence, targets the next token, and only the
-query positions are scored (weight 1): the model must answer a queried key with the value it was paired with.
+data.mqar.num_queries of those keys again, at random non-overlapping places in the rest of the sequence; everything
+else is pad (0). Targets are the next token of the sequence in which each query is followed by its value, and only
+the query positions are scored (weight 1): the model must answer a queried key with the value it was paired with.
+As in Zoology, the inputs hide the answers (pad after each query): a model that saw them could score 35% on 8 pairs
+without recalling anything, by answering with a value not yet asked for, and training stalls in that shortcut.
 
 Vocabulary (V = data.vocab_size): ids 0..5 are the specials of tokenizers.py, keys k0..k{K-1} are ids 6..5+K and
 values v0..v{K-1} follow, K = (V - 6) // 2. Worked example, V = 16 (K = 5), num_pairs = 2, num_queries = 2,
 data.max_len = 10, pairs k1→v2 and k3→v0, queries at positions 6 and 8:
 
   sequence  k1 v2 k3 v0 -  -  k3 v0 k1 v2 -     (- = pad; length max_len + 1)
-  inputs    k1 v2 k3 v0 -  -  k3 v0 k1 v2       ids 7 13 9 11 0 0 9 11 7 13
+  inputs    k1 v2 k3 v0 -  -  k3 -  k1 -        ids 7 13 9 11 0 0 9 0 7 0
   targets   v2 k3 v0 -  -  k3 v0 k1 v2 -
   weights   0  0  0  0  0  0  1  0  1  0
 
@@ -92,7 +94,10 @@ class Spec:
     seq[row, at] = _FIRST + keys[row, queried[row, query]]
     seq[row, at + 1] = _FIRST + k + values[row, queried[row, query]]
     weights[row, at] = 1
-    return {'inputs': seq[:, :-1], 'targets': seq[:, 1:], 'weights': weights}
+    inputs = seq[:, :-1].copy()
+    shown = at + 1 < self.length
+    inputs[row[shown], at[shown] + 1] = 0   # answers are hidden, as in Zoology: else a model can rule them out
+    return {'inputs': inputs, 'targets': seq[:, 1:], 'weights': weights}
 
 
 def generate(num_examples: int, *, vocab_size: int, length: int, num_pairs: int, num_queries: int,
