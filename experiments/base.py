@@ -36,7 +36,6 @@ def get_config() -> ml_collections.ConfigDict:
   d.mqar = ml_collections.ConfigDict()
   d.mqar.num_pairs = 8                # key-value pairs per example
   d.mqar.num_queries = 8              # queried keys per example (scored positions)
-  d.mqar.train_min_pairs = 0          # > 0: each training example has p pairs, p uniform in [this, num_pairs]
   d.mqar.num_train = 1_000_000        # training examples, generated on use: none repeats while steps × batch <= this
   d.mqar.num_eval = 2000              # held-out validation examples (a separate stream, generated once)
 

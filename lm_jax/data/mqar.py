@@ -25,8 +25,6 @@ draws, from numpy's stream [config.seed, 0, split, i] (tag 0 of pipeline.py's st
 twice, so it cannot memorize a fixed set. 'validation' is a fixed held-out set of num_eval examples.
 """
 
-import functools
-
 import numpy as np
 
 from lm_jax.data import packing
@@ -46,65 +44,50 @@ def symbols(vocab_size: int) -> list[str]:
 
 
 class Spec:
-  """The shape of an example (vocabulary, length, pairs, queries), checked once; see the module docstring.
+  """The shape of an example (vocabulary, length, pairs, queries), checked once; see the module docstring."""
 
-  min_pairs < num_pairs mixes difficulties, as Zoology trains on several pair counts: each example then has p pairs,
-  p uniform in [min_pairs, num_pairs], and min(p, num_queries) queries.
-  """
-
-  def __init__(self, *, vocab_size: int, length: int, num_pairs: int, num_queries: int, min_pairs: int = 0):
+  def __init__(self, *, vocab_size: int, length: int, num_pairs: int, num_queries: int):
     self.num_keys = (vocab_size - _FIRST) // 2
     if not 1 <= num_queries <= num_pairs <= self.num_keys:
       raise ValueError(f'Need 1 <= data.mqar.num_queries ({num_queries}) <= num_pairs ({num_pairs}) <= the '
                        f'{self.num_keys} keys that data.vocab_size={vocab_size} allows.')
-    if not 0 <= min_pairs <= num_pairs:
-      raise ValueError(f'data.mqar.train_min_pairs={min_pairs} must be in [1, num_pairs={num_pairs}], or 0 for '
-                       f'num_pairs.')
-    self.min_pairs = min_pairs or num_pairs
-    self.num_slots = (length + 1 - 2 * self.min_pairs) // 2   # most places a query (key, value) can start
-    if (length + 1 - 2 * num_pairs) // 2 < num_queries:
-      raise ValueError(f'data.max_len={length} has room for {max((length + 1 - 2 * num_pairs) // 2, 0)} queries '
-                       f'after {num_pairs} pairs, not data.mqar.num_queries={num_queries}.')
+    self.num_slots = (length + 1 - 2 * num_pairs) // 2   # places a query (key, value) can start after the pairs
+    if self.num_slots < num_queries:
+      raise ValueError(f'data.max_len={length} has room for {max(self.num_slots, 0)} queries after {num_pairs} '
+                       f'pairs, not data.mqar.num_queries={num_queries}.')
     self.length, self.num_pairs, self.num_queries = length, num_pairs, num_queries
-    # Uniform draws per example: the pair count, a sort key per key (which keys, in which order), then per pair
-    # its value and whether it is queried, then a sort key per slot (where the queries go).
-    self.num_draws = 1 + self.num_keys + 2 * num_pairs + self.num_slots
+    # Uniform draws per example: a sort key per key (which keys, in which order), then per pair its value and
+    # whether it is queried, then a sort key per slot (where the queries go).
+    self.num_draws = self.num_keys + 2 * num_pairs + self.num_slots
 
   def examples(self, uniform_NxD: np.ndarray) -> dict[str, np.ndarray]:
     """{'inputs', 'targets': int32 [N, length], 'weights': float32 [N, length]}: row n made from uniform_NxD[n]."""
     n, k, p, q = len(uniform_NxD), self.num_keys, self.num_pairs, self.num_queries
-    count_draw, key_draw, value_draw, query_draw, slot_draw = np.split(
-        uniform_NxD, np.cumsum([1, k, p, p]), axis=1)
-    span = p - self.min_pairs + 1
-    pairs_N = self.min_pairs + np.minimum((count_draw[:, 0] * span).astype(np.int64), span - 1)
+    key_draw, value_draw, query_draw, slot_draw = np.split(uniform_NxD, [k, k + p, k + 2 * p], axis=1)
     keys = np.argpartition(key_draw, p - 1, axis=1)[:, :p]   # a uniform random set of distinct keys
     keys = np.take_along_axis(keys, np.argsort(np.take_along_axis(key_draw, keys, 1), 1), 1)   # in random order
     values = np.minimum((value_draw * k).astype(np.int64), k - 1)   # with replacement
-    # Draws are < 1, so a 2 sorts the pairs past an example's count, and the slots past its room, last.
-    queried = np.argsort(np.where(np.arange(p) < pairs_N[:, None], query_draw, 2), 1)[:, :q]
-    room_N = (self.length + 1 - 2 * pairs_N) // 2
-    slots = np.sort(np.argsort(np.where(np.arange(self.num_slots) < room_N[:, None], slot_draw, 2), 1)[:, :q], 1)
+    queried = np.argsort(query_draw, 1)[:, :q]
+    slots = np.sort(np.argsort(slot_draw, 1)[:, :q], 1)
+    rows = np.arange(n)[:, None]
     seq = np.zeros((n, self.length + 1), np.int32)
+    seq[rows, np.arange(0, 2 * p, 2)] = _FIRST + keys
+    seq[rows, np.arange(1, 2 * p, 2)] = _FIRST + k + values
+    at = 2 * p + 2 * slots
+    seq[rows, at] = _FIRST + np.take_along_axis(keys, queried, 1)
+    seq[rows, at + 1] = _FIRST + k + np.take_along_axis(values, queried, 1)
     weights = np.zeros((n, self.length), np.float32)
-    row, pair = np.nonzero(np.arange(p) < pairs_N[:, None])
-    seq[row, 2 * pair] = _FIRST + keys[row, pair]
-    seq[row, 2 * pair + 1] = _FIRST + k + values[row, pair]
-    row, query = np.nonzero(np.arange(q) < np.minimum(pairs_N, q)[:, None])
-    at = 2 * pairs_N[row] + 2 * slots[row, query]
-    seq[row, at] = _FIRST + keys[row, queried[row, query]]
-    seq[row, at + 1] = _FIRST + k + values[row, queried[row, query]]
-    weights[row, at] = 1
+    weights[rows, at] = 1
     inputs = seq[:, :-1].copy()
-    shown = at + 1 < self.length
-    inputs[row[shown], at[shown] + 1] = 0   # answers are hidden, as in Zoology: else a model can rule them out
+    shown = at + 1 < self.length   # answers in the inputs (the last position's is past them)
+    inputs[np.broadcast_to(rows, at.shape)[shown], at[shown] + 1] = 0   # hidden, as in Zoology
     return {'inputs': inputs, 'targets': seq[:, 1:], 'weights': weights}
 
 
 def generate(num_examples: int, *, vocab_size: int, length: int, num_pairs: int, num_queries: int,
-             rng: np.random.Generator, min_pairs: int = 0) -> dict[str, np.ndarray]:
-  """`num_examples` examples from one generator; see the module docstring and Spec."""
-  spec = Spec(vocab_size=vocab_size, length=length, num_pairs=num_pairs, num_queries=num_queries,
-              min_pairs=min_pairs)
+             rng: np.random.Generator) -> dict[str, np.ndarray]:
+  """`num_examples` examples from one generator; see the module docstring."""
+  spec = Spec(vocab_size=vocab_size, length=length, num_pairs=num_pairs, num_queries=num_queries)
   return spec.examples(rng.random((num_examples, spec.num_draws)))
 
 
@@ -137,10 +120,10 @@ def build(data_config, *, task: str, seed: int, tokenizer_dir: str) -> pipeline.
     raise ValueError(f'{tokenizer_dir} holds an mqar vocabulary of {tok.vocab_size} symbols, but data.vocab_size='
                      f'{data_config.vocab_size}: use the run\'s configuration or a new workdir.')
   cfg = data_config.mqar
-  spec = functools.partial(Spec, vocab_size=data_config.vocab_size, length=data_config.max_len,
-                           num_pairs=cfg.num_pairs, num_queries=cfg.num_queries)
-  train = StreamRows(spec(min_pairs=cfg.train_min_pairs), cfg.num_train, seed=seed, split=SPLITS.index('train'))
-  validation = StreamRows(spec(), cfg.num_eval, seed=seed, split=SPLITS.index('validation'))
+  spec = Spec(vocab_size=data_config.vocab_size, length=data_config.max_len, num_pairs=cfg.num_pairs,
+              num_queries=cfg.num_queries)
+  train = StreamRows(spec, cfg.num_train, seed=seed, split=SPLITS.index('train'))
+  validation = StreamRows(spec, cfg.num_eval, seed=seed, split=SPLITS.index('validation'))
   # Validation is read every evaluation: generate it once and keep it.
   return pipeline.Data(tok, {'train': lambda: train,
                              'validation': lambda: packing.ArrayRows(validation.take(np.arange(cfg.num_eval)))},
