@@ -37,8 +37,8 @@ def get_config() -> ml_collections.ConfigDict:
   d.mqar = ml_collections.ConfigDict()
   d.mqar.num_pairs = 8                # key-value pairs per example
   d.mqar.num_queries = 8              # queried keys per example (scored positions)
-  d.mqar.num_train = 20000            # synthetic examples per split
-  d.mqar.num_eval = 2000
+  d.mqar.num_train = 1_000_000        # training examples, generated on use: none repeats while steps × batch <= this
+  d.mqar.num_eval = 2000              # held-out validation examples (a separate stream, generated once)
 
   c.model = m = ml_collections.ConfigDict()
   m.name = 'transformer'              # transformer | rnn | lstm | gru
