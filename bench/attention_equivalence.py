@@ -37,7 +37,7 @@ def inputs(batch, length, heads, head_dim, dtype):
   ids = (np.arange(length)[None, :] < lengths[:, None]).astype(np.int32)
   mask = attention.combine_masks(attention.causal_mask(length), attention.padding_mask(ids))
   distance = jnp.arange(length)[None, :] - jnp.arange(length)[:, None]
-  bias = -jnp.asarray([2.0 ** -(h + 1) for h in range(heads)])[None, :, None, None] * jnp.abs(distance)
+  bias = -jnp.asarray([2.0 ** -(h + 1) for h in range(heads)])[None, :, None, None] * jnp.abs(distance)[None, None]
   return q, k, v, bias, mask, jax.random.normal(kw, q.shape, jnp.float32)
 
 

@@ -57,7 +57,7 @@ def text_inputs(text: str, tokenizer, config) -> dict[str, np.ndarray]:
 
 def example_inputs(index: int, workdir: str, config) -> dict[str, np.ndarray]:
   """Validation example `index` (with its segment ids and positions when the rows are packed)."""
-  data = data_lib.build(config.data, task=config.model.task, seed=config.seed,
+  data = data_lib.get_dataset(config.data, task=config.model.task, seed=config.seed,
                         tokenizer_dir=os.path.join(workdir, 'tokenizer'))
   rows = data.rows('validation')
   if not 0 <= index < len(rows):

@@ -136,7 +136,9 @@ class Checkpointer:
     A checkpoint of another model (another shape, or a tokenizer with another vocabulary) is not damaged: falling
     back to earlier steps would not help, and nothing may be deleted. Unreadable metadata is left to `restore`.
     """
-    params = abstract_state['params'] if isinstance(abstract_state, dict) else abstract_state.params
+    params = abstract_state.get('params') if isinstance(abstract_state, dict) else abstract_state.params
+    if params is None:   # not a train state: nothing to compare
+      return
     try:
       with contextlib.closing(ocp.PyTreeCheckpointHandler()) as handler:
         saved = _flatten(handler.metadata(self.directory / str(step) / 'state').tree['params'])

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 def _block_loss(h_CxD, table_VxD, bias_V, targets_C, weights_C):
   """float32 logits of a block → (Σ w·nll, Σ w·correct, the softmax `[C, V]`, the logits' dtype-cast inputs)."""
   logits_CxV = jnp.einsum('cd,vd->cv', h_CxD, table_VxD.astype(h_CxD.dtype),
-                          preferred_element_type=jnp.float32) + bias_V
+                          preferred_element_type=jnp.float32) + bias_V[None, :]
   logsumexp_C = jax.nn.logsumexp(logits_CxV, axis=-1)
   target_logit_C = jnp.take_along_axis(logits_CxV, targets_C[:, None], axis=-1)[:, 0]
   loss = jnp.sum(weights_C * (logsumexp_C - target_logit_C))

@@ -236,7 +236,7 @@ def prepare_data(config, workdir) -> data_lib.Data:
   def load():
     if config.init_from:
       inherit_tokenizer(config.init_from, workdir)
-    data = data_lib.build(config.data, task=config.model.task, seed=config.seed,
+    data = data_lib.get_dataset(config.data, task=config.model.task, seed=config.seed,
                           tokenizer_dir=os.path.join(workdir, 'tokenizer'))
     for split in ('train', *data.eval_splits):
       data.rows(split)

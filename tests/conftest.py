@@ -9,6 +9,8 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 # Tests never download: TFDS sees no real data dir and no GCS.
 os.environ.setdefault('TFDS_DATA_DIR', os.path.join(os.environ.get('TMPDIR', '/tmp'), 'lm_jax_tests_tfds_absent'))
 os.environ.setdefault('NO_GCE_CHECK', 'true')
+# Implicit rank promotion ([B, T] + [T] broadcasting silently) hides shape bugs: tests make it an error.
+os.environ['JAX_NUMPY_RANK_PROMOTION'] = 'raise'
 
 # absl's TestCase helpers (create_tempdir, chex variants) read absl flags; pytest never parses them.
 from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position

@@ -73,7 +73,7 @@ class CacheTest(chex.TestCase):
     self.cache_dir = self.create_tempdir().full_path
 
   def _build(self, task='lm', tokenizer_dir=None, **overrides):
-    return data_lib.build(_config(self.paths, self.cache_dir, **overrides), task=task, seed=3,
+    return data_lib.get_dataset(_config(self.paths, self.cache_dir, **overrides), task=task, seed=3,
                           tokenizer_dir=tokenizer_dir or self.create_tempdir().full_path)
 
   def test_cache_equals_in_memory_tokenization(self):
@@ -105,7 +105,7 @@ class CacheTest(chex.TestCase):
     path = root.create_file('t.jsonl', content=''.join(
         json.dumps({'text': t, 'label': int(y)}) + '\n' for t, y in zip(texts, labels))).full_path
     cfg = _config([path], self.cache_dir, name='jsonl', max_len=10, validation_fraction=0.0)
-    data = data_lib.build(cfg, task='classification', seed=0, tokenizer_dir=self.create_tempdir().full_path)
+    data = data_lib.get_dataset(cfg, task='classification', seed=0, tokenizer_dir=self.create_tempdir().full_path)
     tok = data.tokenizer
     want = np.zeros((50, 10), np.int64)
     for i, text in enumerate(texts):
@@ -142,7 +142,7 @@ class CacheTest(chex.TestCase):
     path = root.create_file('t.csv', content='text,label\n' + ''.join(f'w{i} x y,{i % 2}\n' for i in range(20)))
     for max_len in (5, 6, 5):
       cfg = _config([path.full_path], self.cache_dir, name='csv', max_len=max_len, tokenizer='bytes')
-      rows = data_lib.build(cfg, task='classification', seed=0, tokenizer_dir=tokenizer_dir + 'b').rows('train')
+      rows = data_lib.get_dataset(cfg, task='classification', seed=0, tokenizer_dir=tokenizer_dir + 'b').rows('train')
       self.assertEqual(rows.arrays['inputs'].shape, (20, max_len))
     self.assertLen(_cache_dirs(self.cache_dir), 5)
 
@@ -181,7 +181,7 @@ class CacheTest(chex.TestCase):
           open({marker!r}, 'w').close()
           time.sleep(600)
         with mock.patch.object(cache, '_encode_chunk', slow):
-          data = text_files.TEXT_FILES.build(cfg, task='lm', seed=0, tokenizer_dir={tokenizer_dir!r})
+          data = text_files.TEXT_FILES.make_data(cfg, task='lm', seed=0, tokenizer_dir={tokenizer_dir!r})
           data.rows('train')
         ''')
     proc = subprocess.Popen([sys.executable, '-c', script], cwd=os.getcwd())
@@ -197,7 +197,7 @@ class CacheTest(chex.TestCase):
     self.assertLen(partial, 1)
     self.assertEqual(_cache_dirs(self.cache_dir), [])   # nothing that looks complete
     cfg = _config(self.paths, self.cache_dir, tokenizer='bytes')
-    data = data_lib.build(cfg, task='lm', seed=0, tokenizer_dir=tokenizer_dir)
+    data = data_lib.get_dataset(cfg, task='lm', seed=0, tokenizer_dir=tokenizer_dir)
     want = np.concatenate([np.append(np.frombuffer(d.encode(), np.uint8) + 6, 3) for d in
                            _reference_docs(self.paths)])
     np.testing.assert_array_equal(data.rows('train').tokens, want)

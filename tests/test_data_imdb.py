@@ -59,7 +59,7 @@ def prepare_offline(directory, data_config, tokenizer_dir):
   texts = _write_archive(archive)
   with mock.patch.object(tfds.download.DownloadManager, 'download', lambda self, url: archive), \
        mock.patch.object(tfds_source, 'reachable', return_value=True):
-    return texts, data_lib.build(data_config, task='classification', seed=0, tokenizer_dir=tokenizer_dir)
+    return texts, data_lib.get_dataset(data_config, task='classification', seed=0, tokenizer_dir=tokenizer_dir)
 
 
 class ImdbTest(chex.TestCase):
@@ -78,7 +78,7 @@ class ImdbTest(chex.TestCase):
     super().tearDownClass()
 
   def _build(self, seed=0, task='classification', **overrides):
-    return data_lib.build(_config(self.data_dir, **overrides), task=task, seed=seed, tokenizer_dir=self.tokenizer_dir)
+    return data_lib.get_dataset(_config(self.data_dir, **overrides), task=task, seed=seed, tokenizer_dir=self.tokenizer_dir)
 
   def _examples(self, data, split):
     """(normalised text, label) of every real example of `split`, in order."""

@@ -54,7 +54,7 @@ class TextFilesTest(chex.TestCase):
       expected += docs
       root.create_file(f'part{f}.txt', content='\n\n'.join(docs) + '\n \n\n')
     root.create_file('skipped.md', content='not matched')
-    data = data_lib.build(_config('text_files', os.path.join(root.full_path, '*.txt')), task='lm', seed=0,
+    data = data_lib.get_dataset(_config('text_files', os.path.join(root.full_path, '*.txt')), task='lm', seed=0,
                           tokenizer_dir=self.create_tempdir().full_path)
     train, validation = _segments(data, 'train'), _segments(data, 'validation')
     self.assertEqual((len(train), len(validation)), (41, 4))   # round(45 * 0.1)
@@ -68,7 +68,7 @@ class TextFilesTest(chex.TestCase):
                + 'tab\there\u00a0nbsp'.encode() + b'\n\n   \n\n' + long_doc.encode() + b'\n\nplain')
     root.create_file('bad.txt', content=content, mode='wb')
     cfg = _config('text_files', os.path.join(root.full_path, 'bad.txt'), validation_fraction=0.0)
-    data = data_lib.build(cfg, task='mlm', seed=0, tokenizer_dir=self.create_tempdir().full_path)
+    data = data_lib.get_dataset(cfg, task='mlm', seed=0, tokenizer_dir=self.create_tempdir().full_path)
     self.assertEqual(data.eval_splits, ())
     docs = _segments(data, 'train')
     self.assertEqual(docs, ['caf\ufffd ok', 'ctrl chars', 'tab here nbsp', long_doc.strip(), 'plain'])
@@ -87,9 +87,9 @@ class TextFilesTest(chex.TestCase):
     root.create_file('a.txt', content='\n\n'.join(_random_words(rng, 30) for _ in range(40)))
     cfg = _config('text_files', os.path.join(root.full_path, 'a.txt'), tokenizer='sentencepiece', vocab_size=300)
     tokenizer_dir = self.create_tempdir().full_path
-    first = data_lib.build(cfg, task='lm', seed=0, tokenizer_dir=tokenizer_dir)
+    first = data_lib.get_dataset(cfg, task='lm', seed=0, tokenizer_dir=tokenizer_dir)
     with mock.patch.object(tokenizers.SentencePieceTokenizer, 'train', side_effect=AssertionError('retrained')):
-      again = data_lib.build(cfg, task='lm', seed=0, tokenizer_dir=tokenizer_dir)
+      again = data_lib.get_dataset(cfg, task='lm', seed=0, tokenizer_dir=tokenizer_dir)
     self.assertGreater(first.num_examples('train'), 2)
     chex.assert_trees_all_equal(next(first.train_iterator(2)), next(again.train_iterator(2)))
 
@@ -110,10 +110,10 @@ class TextFilesTest(chex.TestCase):
 
   def test_path_errors(self):
     with self.assertRaisesRegex(ValueError, 'data.paths is empty'):
-      data_lib.build(_config('text_files', ' , '), task='lm', seed=0, tokenizer_dir=self.create_tempdir().full_path)
+      data_lib.get_dataset(_config('text_files', ' , '), task='lm', seed=0, tokenizer_dir=self.create_tempdir().full_path)
     missing = os.path.join(self.create_tempdir().full_path, '*.txt')
     with self.assertRaisesRegex(FileNotFoundError, 'matches no file'):
-      data_lib.build(_config('text_files', missing), task='lm', seed=0, tokenizer_dir=self.create_tempdir().full_path)
+      data_lib.get_dataset(_config('text_files', missing), task='lm', seed=0, tokenizer_dir=self.create_tempdir().full_path)
 
 
 def _write_table(root, fmt, rows):
@@ -143,7 +143,7 @@ class TableTest(chex.TestCase):
     rows = self._rows()
     path = _write_table(self.create_tempdir().full_path, fmt, rows)
     cfg = _config(fmt, path, text_column='review', label_column='stars')
-    data = data_lib.build(cfg, task='classification', seed=0, tokenizer_dir=self.create_tempdir().full_path)
+    data = data_lib.get_dataset(cfg, task='classification', seed=0, tokenizer_dir=self.create_tempdir().full_path)
     self.assertEqual((data.num_examples('train'), data.num_examples('validation')), (54, 6))
     by_text = {}
     for split in ('train', 'validation'):
@@ -171,14 +171,14 @@ class TableTest(chex.TestCase):
   def test_jsonl_lm_needs_no_labels(self):
     rows = [{'id': i, 'review': f'document {i}'} for i in range(10)]
     path = _write_table(self.create_tempdir().full_path, 'jsonl', rows)
-    data = data_lib.build(_config('jsonl', path, text_column='review'), task='lm', seed=0,
+    data = data_lib.get_dataset(_config('jsonl', path, text_column='review'), task='lm', seed=0,
                           tokenizer_dir=self.create_tempdir().full_path)
     self.assertEqual(sorted(_segments(data, 'train') + _segments(data, 'validation')),
                      sorted(r['review'] for r in rows))
 
   def _read(self, cfg, task):
     """Builds the Data and reads its train split: a file's content is read only then."""
-    data_lib.build(cfg, task=task, seed=0, tokenizer_dir=self.create_tempdir().full_path).num_examples('train')
+    data_lib.get_dataset(cfg, task=task, seed=0, tokenizer_dir=self.create_tempdir().full_path).num_examples('train')
 
   def test_bad_tables(self):
     root = self.create_tempdir()
@@ -219,7 +219,7 @@ class RegistryTest(chex.TestCase):
     cfg.name = 'c4'
     with self.assertRaisesRegex(ValueError, "data.name='c4'; allowed: imdb_reviews, wikipedia, text_files, csv, "
                                             'jsonl, mqar'):
-      data_lib.build(cfg, task='lm', seed=0, tokenizer_dir=self.create_tempdir().full_path)
+      data_lib.get_dataset(cfg, task='lm', seed=0, tokenizer_dir=self.create_tempdir().full_path)
     cfg.name = 'text_files'
     with self.assertRaisesRegex(ValueError, "serves tasks lm, mlm, not 'classification'"):
-      data_lib.build(cfg, task='classification', seed=0, tokenizer_dir=self.create_tempdir().full_path)
+      data_lib.get_dataset(cfg, task='classification', seed=0, tokenizer_dir=self.create_tempdir().full_path)

@@ -47,7 +47,7 @@ class MqarTest(chex.TestCase):
     cfg = base.get_config().data
     cfg.name, cfg.vocab_size, cfg.max_len = 'mqar', 16, 10
     cfg.mqar.num_pairs, cfg.mqar.num_queries, cfg.mqar.num_train, cfg.mqar.num_eval = 2, 2, 8, 4
-    data = data_lib.build(cfg, task='lm', seed=0, tokenizer_dir=self.create_tempdir().full_path)
+    data = data_lib.get_dataset(cfg, task='lm', seed=0, tokenizer_dir=self.create_tempdir().full_path)
     tok = data.tokenizer
     self.assertEqual(tok.vocab_size, 16)
     self.assertEqual(tok.decode([7, 13, 9, 11, 0, 0, 9, 0, 7, 0]), 'k1 v2 k3 v0 k3 k1')
@@ -66,7 +66,7 @@ class MqarTest(chex.TestCase):
     cfg.name, cfg.vocab_size, cfg.max_len = 'mqar', 128, 48
     cfg.mqar.num_train, cfg.mqar.num_eval = 300, 40
     cfg.mqar.update(mqar_config)
-    return data_lib.build(cfg, task='lm', seed=seed, tokenizer_dir=self.create_tempdir().full_path)
+    return data_lib.get_dataset(cfg, task='lm', seed=seed, tokenizer_dir=self.create_tempdir().full_path)
 
   def test_train_example_i_depends_only_on_seed_and_i(self):
     train = self._data().rows('train')
@@ -116,7 +116,7 @@ class MqarTest(chex.TestCase):
     cfg = base.get_config().data
     cfg.name = 'mqar'
     with self.assertRaisesRegex(ValueError, "serves tasks lm, not 'classification'"):
-      data_lib.build(cfg, task='classification', seed=0, tokenizer_dir=self.create_tempdir().full_path)
+      data_lib.get_dataset(cfg, task='classification', seed=0, tokenizer_dir=self.create_tempdir().full_path)
     rng = np.random.default_rng(0)
     with self.assertRaisesRegex(ValueError, r'num_queries \(9\) <= num_pairs \(8\)'):
       mqar.generate(2, vocab_size=64, length=64, num_pairs=8, num_queries=9, rng=rng)
@@ -124,7 +124,7 @@ class MqarTest(chex.TestCase):
       mqar.generate(2, vocab_size=64, length=20, num_pairs=8, num_queries=3, rng=rng)
     directory = self.create_tempdir().full_path
     cfg.vocab_size, cfg.mqar.num_train, cfg.mqar.num_eval = 64, 10, 10
-    data_lib.build(cfg, task='lm', seed=0, tokenizer_dir=directory)
+    data_lib.get_dataset(cfg, task='lm', seed=0, tokenizer_dir=directory)
     cfg.vocab_size = 80
     with self.assertRaisesRegex(ValueError, 'data.vocab_size=80'):
-      data_lib.build(cfg, task='lm', seed=0, tokenizer_dir=directory)
+      data_lib.get_dataset(cfg, task='lm', seed=0, tokenizer_dir=directory)

@@ -54,7 +54,7 @@ class WikipediaTest(chex.TestCase):
 
   def _build(self, task, **overrides):
     with _mock_wikipedia():
-      data = data_lib.build(_config(**overrides), task=task, seed=0, tokenizer_dir=self.create_tempdir().full_path)
+      data = data_lib.get_dataset(_config(**overrides), task=task, seed=0, tokenizer_dir=self.create_tempdir().full_path)
       for split in ('train',) + data.eval_splits:
         data.rows(split)   # tokenize while the mock is active
     return data
@@ -107,7 +107,7 @@ class WikipediaTest(chex.TestCase):
     start = time.monotonic()
     missing = self.create_tempdir().full_path
     with self.assertRaisesRegex(FileNotFoundError, f'wikipedia/20230601.en.*not prepared in {missing}'):
-      data_lib.build(_config(tfds_data_dir=missing), task='lm', seed=0, tokenizer_dir=self.create_tempdir().full_path)
+      data_lib.get_dataset(_config(tfds_data_dir=missing), task='lm', seed=0, tokenizer_dir=self.create_tempdir().full_path)
     self.assertLess(time.monotonic() - start, 5)
 
   def test_missing_beam_is_named(self):
@@ -116,5 +116,5 @@ class WikipediaTest(chex.TestCase):
     with mock.patch.object(tfds_source, 'reachable', return_value=True), \
          mock.patch.object(tfds.core.DatasetBuilder, 'download_and_prepare', side_effect=no_beam), \
          self.assertRaisesRegex(ImportError, 'apache_beam.*needs apache-beam, mwparserfromhell and mwxml'):
-      data_lib.build(_config(tfds_data_dir=missing, download=True), task='lm', seed=0,
+      data_lib.get_dataset(_config(tfds_data_dir=missing, download=True), task='lm', seed=0,
                      tokenizer_dir=self.create_tempdir().full_path)

@@ -15,7 +15,7 @@ N, D, V = 11, 8, 37
 
 
 def materialized(h, table, bias, targets, weights):
-  logits = jnp.einsum('nd,vd->nv', h, table, preferred_element_type=jnp.float32) + bias
+  logits = jnp.einsum('nd,vd->nv', h, table, preferred_element_type=jnp.float32) + bias[None, :]
   nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
   return jnp.sum(nll * weights), jnp.sum((jnp.argmax(logits, -1) == targets) * weights)
 
@@ -27,7 +27,7 @@ def inputs(seed):
   bias = jax.random.normal(keys[2], (V,))
   targets = jax.random.randint(keys[3], (N,), 0, V)
   # Every other target is the argmax, so the count of correct predictions is not trivially 0.
-  targets = jnp.where(jnp.arange(N) % 2 == 0, jnp.argmax(h @ table.T + bias, axis=-1), targets)
+  targets = jnp.where(jnp.arange(N) % 2 == 0, jnp.argmax(h @ table.T + bias[None, :], axis=-1), targets)
   weights = (jax.random.uniform(keys[4], (N,)) < 0.7).astype(jnp.float32)
   return h, table, bias, targets, weights
 

@@ -1,6 +1,6 @@
 """Datasets by name (config.data.name), all yielding the batch contract of pipeline.py.
 
-  data = lm_jax.data.build(config.data, task='classification', seed=config.seed, tokenizer_dir=workdir + '/tokenizer')
+  data = lm_jax.data.get_dataset(config.data, task='classification', seed=config.seed, tokenizer_dir=workdir + '/tokenizer')
   for batch in data.train_iterator(config.train.batch_size): ...
 
 Batches are numpy dicts whose leading axis is this process's share of the global batch:
@@ -32,14 +32,14 @@ SOURCES: dict[str, pipeline.Source] = {
 }
 
 
-def build(data_config, *, task: str, seed: int, tokenizer_dir: str) -> Data:
+def get_dataset(data_config, *, task: str, seed: int, tokenizer_dir: str) -> Data:
   """The Data of config.data.name for `task` (classification | lm | mlm); see the module docstring."""
   if data_config.name not in SOURCES:
     raise ValueError(f'data.name={data_config.name!r}; allowed: {", ".join(SOURCES)}.')
   source = SOURCES[data_config.name]
   if task not in source.tasks:
     raise ValueError(f'data.name={data_config.name!r} serves tasks {", ".join(source.tasks)}, not {task!r}.')
-  return source.build(data_config, task=task, seed=seed, tokenizer_dir=tokenizer_dir)
+  return source.make_data(data_config, task=task, seed=seed, tokenizer_dir=tokenizer_dir)
 
 
-__all__ = ['Data', 'SOURCES', 'build']
+__all__ = ['Data', 'SOURCES', 'get_dataset']

@@ -110,7 +110,7 @@ class StreamRows:
     return self.spec.examples(uniform_NxD)
 
 
-def build(data_config, *, task: str, seed: int, tokenizer_dir: str) -> pipeline.Data:
+def make_data(data_config, *, task: str, seed: int, tokenizer_dir: str) -> pipeline.Data:
   """MQAR Data for task 'lm' with splits 'train' (generated on use) and 'validation' (generated once)."""
   del task   # the registry admits only 'lm'
   vocab = symbols(data_config.vocab_size)
@@ -130,4 +130,4 @@ def build(data_config, *, task: str, seed: int, tokenizer_dir: str) -> pipeline.
                        task='lm', seed=seed)
 
 
-SOURCE = pipeline.Source(('lm',), build)
+SOURCE = pipeline.Source(('lm',), make_data)

@@ -49,7 +49,7 @@ def _epoch_order(seed: int, num_rows: int, epoch: int) -> np.ndarray:
 class Source:
   """A registered dataset: the tasks it serves and how to build its Data."""
   tasks: tuple[str, ...]
-  build: Callable[..., 'Data']   # (data_config, *, task, seed, tokenizer_dir) -> Data
+  make_data: Callable[..., 'Data']   # (data_config, *, task, seed, tokenizer_dir) -> Data
 
 
 class Data:
@@ -172,6 +172,6 @@ def text_data(corpus: corpus_lib.Corpus, data_config, *, task: str, seed: int, t
 
 def corpus_source(tasks: tuple[str, ...], read_corpus: Callable[..., corpus_lib.Corpus]) -> Source:
   """A Source whose Data is `text_data` over `read_corpus(data_config, task)`."""
-  def build(data_config, *, task: str, seed: int, tokenizer_dir: str) -> Data:
+  def make_data(data_config, *, task: str, seed: int, tokenizer_dir: str) -> Data:
     return text_data(read_corpus(data_config, task), data_config, task=task, seed=seed, tokenizer_dir=tokenizer_dir)
-  return Source(tasks, build)
+  return Source(tasks, make_data)

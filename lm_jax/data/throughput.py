@@ -46,7 +46,7 @@ def main(argv):
   config = _CONFIG.value
   with tempfile.TemporaryDirectory() as tmp:
     start = time.perf_counter()
-    data = data_lib.build(config.data, task=config.model.task, seed=config.seed,
+    data = data_lib.get_dataset(config.data, task=config.model.task, seed=config.seed,
                           tokenizer_dir=_TOKENIZER_DIR.value or tmp)
     examples = data.num_examples('train')
     built = time.perf_counter() - start

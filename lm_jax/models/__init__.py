@@ -7,7 +7,7 @@
 inputs int32 `[B, T]` (pad id 0); optional segment_ids/positions int32 `[B, T]` for packed LM/MLM rows. logits
 float32: classification `[B, num_classes]`, lm and mlm `[B, T, vocab_size]`. The trunk's params live under
 'encoder' (classification, mlm) or 'decoder' (lm), the head's under '<task>_head' (classifier_head, mlm_head,
-lm_head). Adding a model is one file with a `build(model_config, *, vocab_size, max_len)` and one line below.
+lm_head). Adding a model is one file with a `from_config(model_config, *, vocab_size, max_len)` and one line below.
 """
 
 import math
@@ -20,10 +20,10 @@ from lm_jax.models.generate import generate
 from lm_jax.models.layers import check_choice
 
 MODELS = {
-    'transformer': transformer.build,
-    'rnn': rnn.build,
-    'lstm': rnn.build,
-    'gru': rnn.build,
+    'transformer': transformer.from_config,
+    'rnn': rnn.from_config,
+    'lstm': rnn.from_config,
+    'gru': rnn.from_config,
 }
 # The tasks each model serves (its heads).
 TASKS = {'transformer': transformer.TASKS, 'rnn': rnn.TASKS, 'lstm': rnn.TASKS, 'gru': rnn.TASKS}

@@ -4,6 +4,7 @@ Heads return float32 logits computed with float32 accumulation (bfloat16 inputs,
 bfloat16 compute never rounds the logits themselves.
 """
 
+import dataclasses
 import functools
 from typing import Any, Callable, Sequence
 
@@ -22,6 +23,25 @@ def check_choice(key: str, value, allowed: Sequence) -> None:
   """Raises ValueError naming the config key, the bad value and the allowed values."""
   if value not in allowed:
     raise ValueError(f'{key}={value!r} is not supported; allowed: {", ".join(map(repr, allowed))}.')
+
+
+def config_from(config_class, model_config, **given):
+  """A model's config dataclass from the keys of `config.model` that are its fields, plus `given` (vocab_size...)."""
+  fields = {f.name for f in dataclasses.fields(config_class)} - set(given)
+  return config_class(**given, **{key: model_config[key] for key in fields if key in model_config})
+
+
+def perturbable(module: nn.Module, x):
+  """`x` plus a zero 'perturbations' entry whose gradient is the gradient w.r.t. `x` (causality tests).
+
+  Made only on request (`apply(..., mutable=['perturbations'])`), so `init` returns params alone.
+  """
+  return x if module.is_initializing() else module.perturb('embedded', x)
+
+
+def check_decode_inputs(decode: bool, segment_ids, positions) -> None:
+  if decode and (segment_ids is not None or positions is not None):
+    raise ValueError('decode=True takes unpacked prompts: pass neither segment_ids nor positions.')
 
 
 def check_dropout(rate: float) -> None:

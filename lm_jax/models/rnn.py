@@ -44,7 +44,7 @@ def _gru(h_BxH, xw_BxG, hu_BxG, bn_H):
   hr_BxH, hz_BxH, hn_BxH = jnp.split(hu_BxG, 3, axis=-1)
   r_BxH = jax.nn.sigmoid(xr_BxH + hr_BxH)
   z_BxH = jax.nn.sigmoid(xz_BxH + hz_BxH)
-  n_BxH = jnp.tanh(xn_BxH + r_BxH * (hn_BxH + bn_H))
+  n_BxH = jnp.tanh(xn_BxH + r_BxH * (hn_BxH + bn_H[None, :]))
   h_BxH = (1.0 - z_BxH) * n_BxH + z_BxH * h_BxH
   return h_BxH, h_BxH
 
@@ -79,7 +79,7 @@ def _blockwise_orthogonal(gates: int):
 
 @dataclasses.dataclass(frozen=True)
 class RNNConfig:
-  """Everything an RNN module needs; built from `config.model` by `build` (name = the cell)."""
+  """Everything an RNN module needs; built from `config.model` by `from_config` (name = the cell)."""
   name: str
   vocab_size: int
   num_layers: int = 1
@@ -194,8 +194,8 @@ class Recurrence(nn.Module):
     u_HxG = self.param('U', _blockwise_orthogonal(cell.gates), (h, cell.gates * h), jnp.float32)
     b_G = self.param('b', nn.initializers.zeros, (cell.gates * h,), jnp.float32)
     bn_H = self.param('bn', nn.initializers.zeros, (h,), jnp.float32) if cell.gru_bias else jnp.zeros((h,))
-    xw_BxTxG = jnp.einsum('bti,ig->btg', x_BxTxI.astype(self.dtype), w_IxG.astype(self.dtype),
-                          preferred_element_type=jnp.float32) + b_G
+    xw_BxTxG = layers.add_bias(jnp.einsum('bti,ig->btg', x_BxTxI.astype(self.dtype), w_IxG.astype(self.dtype),
+                                          preferred_element_type=jnp.float32), b_G)
     zero_carry = cell.zero_carry(x_BxTxI.shape[0], h)
     state = self.variable('cache', 'state', lambda: zero_carry) if decode else None
     time_major = lambda a: jnp.swapaxes(a, 0, 1)
@@ -223,10 +223,7 @@ class RNN(nn.Module):
   def __call__(self, inputs_BxT, *, train: bool, starts_BxT, decode: bool):
     real_BxT = inputs_BxT != layers.PAD_ID
     x_BxTxF = self.token_embed(inputs_BxT)
-    # A zero 'perturbations' entry whose gradient is the gradient w.r.t. the embeddings (causality tests); made
-    # only on request (`mutable=['perturbations']`), so `init` returns params alone.
-    if not self.is_initializing():
-      x_BxTxF = self.perturb('embedded', x_BxTxF)
+    x_BxTxF = layers.perturbable(self, x_BxTxF)
     x_BxTxF = self.dropout(x_BxTxF, train=train)
     for i, forward in enumerate(self.forward):
       directions = [forward(x_BxTxF, real_BxT, starts_BxT, decode)]
@@ -286,8 +283,7 @@ class RNNModel(nn.Module):
     if not is_lm and (segment_ids is not None or positions is not None or decode):
       raise ValueError('An RNN classifier reads one unpacked sequence per row: segment_ids, positions and decode '
                        'are for model.task=lm.')
-    if decode and (segment_ids is not None or positions is not None):
-      raise ValueError('decode=True takes unpacked prompts: pass neither segment_ids nor positions.')
+    layers.check_decode_inputs(decode, segment_ids, positions)
     trunk = RNN(cfg, bidirectional=cfg.bidirectional and not is_lm, name='decoder' if is_lm else 'encoder')
     h_BxTxF = trunk(inputs_BxT, train=train, starts_BxT=document_starts(inputs_BxT, segment_ids, positions),
                     decode=decode)
@@ -300,9 +296,7 @@ class RNNModel(nn.Module):
         pooled_BxF, train=train)
 
 
-def build(model_config, *, vocab_size: int, max_len: int) -> RNNModel:
+def from_config(model_config, *, vocab_size: int, max_len: int) -> RNNModel:
   """`config.model` (name rnn | lstm | gru) → the module for `model_config.task`."""
   del max_len  # a recurrence has no position table
-  fields = {f.name for f in dataclasses.fields(RNNConfig)} - {'vocab_size'}
-  config = RNNConfig(vocab_size=vocab_size, **{key: model_config[key] for key in fields if key in model_config})
-  return RNNModel(config, task=model_config.task)
+  return RNNModel(layers.config_from(RNNConfig, model_config, vocab_size=vocab_size), task=model_config.task)

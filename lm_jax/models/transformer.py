@@ -40,7 +40,7 @@ _embed_init = nn.initializers.normal(stddev=0.02)
 
 @dataclasses.dataclass(frozen=True)
 class TransformerConfig:
-  """Everything a transformer module needs; built from `config.model` by `build`."""
+  """Everything a transformer module needs; built from `config.model` by `from_config`."""
   vocab_size: int
   max_len: int
   num_layers: int = 2
@@ -143,7 +143,7 @@ def alibi_slopes(num_heads: int) -> np.ndarray:
 def sinusoidal_positions(positions_BxT: jax.Array, d_model: int) -> jax.Array:
   """float32 `[B, T, D]`: sin(p / 10000^(2i/D)) in the first D/2 features, cos in the last D/2."""
   inv_freq = 1.0 / (10000.0 ** (jnp.arange(d_model // 2, dtype=jnp.float32) * 2.0 / d_model))
-  angles_BxTxF = positions_BxT[..., None].astype(jnp.float32) * inv_freq
+  angles_BxTxF = positions_BxT[..., None].astype(jnp.float32) * inv_freq[None, None, :]
   return jnp.concatenate([jnp.sin(angles_BxTxF), jnp.cos(angles_BxTxF)], axis=-1)
 
 
@@ -259,10 +259,7 @@ class Transformer(nn.Module):
       x_BxTxD = x_BxTxD + self.position_embed(q_pos_BxT)
     elif cfg.positions == 'sinusoidal':
       x_BxTxD = x_BxTxD + sinusoidal_positions(q_pos_BxT, cfg.d_model).astype(cfg.compute_dtype)
-    # A zero 'perturbations' entry whose gradient is the gradient w.r.t. the embeddings (causality tests); made
-    # only on request (`mutable=['perturbations']`), so `init` returns params alone.
-    if not self.is_initializing():
-      x_BxTxD = self.perturb('embedded', x_BxTxD)
+    x_BxTxD = layers.perturbable(self, x_BxTxD)
     if not cfg.pre_norm:
       x_BxTxD = self.norm(x_BxTxD)
     x_BxTxD = self.dropout(x_BxTxD, train=train)
@@ -283,8 +280,7 @@ class Transformer(nn.Module):
     up to each query. A row's positions count from its first prompt token (slots before it hold left padding)."""
     if not self.causal:
       raise ValueError('decode=True needs the causal decoder (model.task=lm).')
-    if segment_ids is not None or positions is not None:
-      raise ValueError('decode=True takes unpacked prompts: pass neither segment_ids nor positions.')
+    layers.check_decode_inputs(True, segment_ids, positions)
     length = inputs_BxT.shape[1]
     index = self.variable('cache', 'index', lambda: jnp.zeros((), jnp.int32))
     # Created by the first call, the prompt: its leading pad ids per row (argmax finds the first real token).
@@ -356,11 +352,8 @@ class TransformerModel(nn.Module):
                              norm_eps=cfg.layer_norm_eps, name=f'{self.task}_head')(h_BxTxD, trunk.token_embed)
 
 
-_CONFIG_KEYS = frozenset(f.name for f in dataclasses.fields(TransformerConfig)) - {'vocab_size', 'max_len'}
-
-
-def build(model_config, *, vocab_size: int, max_len: int) -> TransformerModel:
+def from_config(model_config, *, vocab_size: int, max_len: int) -> TransformerModel:
   """`config.model` (name 'transformer') → the module for `model_config.task`; takes the keys that are
   TransformerConfig fields (the RNN-only ones, name and task are not)."""
-  fields = {key: value for key, value in model_config.items() if key in _CONFIG_KEYS}
-  return TransformerModel(TransformerConfig(vocab_size=vocab_size, max_len=max_len, **fields), task=model_config.task)
+  config = layers.config_from(TransformerConfig, model_config, vocab_size=vocab_size, max_len=max_len)
+  return TransformerModel(config, task=model_config.task)
