@@ -4,12 +4,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lm_jax import models
+
 
 def random_params(module, *, scale: float, seed: int = 0):
   """Float32 params of the module's shapes, drawn by NumPy (no init compile; no zero biases or unit scales)."""
   shapes = jax.eval_shape(module.init, jax.random.key(0), jnp.ones((1, 8), jnp.int32))['params']
   rng = np.random.default_rng(seed)
   return jax.tree.map(lambda s: jnp.asarray(rng.normal(0.0, scale, s.shape), jnp.float32), shapes)
+
+
+def make_model(model_config, *, vocab: int, max_len: int, scale: float):
+  """The registry's module for `model_config` and random params for it (see `random_params`)."""
+  module = models.get_model(model_config, vocab_size=vocab, max_len=max_len)
+  return module, random_params(module, scale=scale)
 
 
 def random_ids(seed, shape, *, vocab: int, lengths=None):

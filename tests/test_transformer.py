@@ -31,8 +31,7 @@ def model_config(**overrides):
 
 
 def build(**overrides):
-  module = models.get_model(model_config(**overrides), vocab_size=VOCAB, max_len=MAX_LEN)
-  return module, model_helpers.random_params(module, scale=0.3)
+  return model_helpers.make_model(model_config(**overrides), vocab=VOCAB, max_len=MAX_LEN, scale=0.3)
 
 
 random_ids = functools.partial(model_helpers.random_ids, vocab=VOCAB)

@@ -25,6 +25,28 @@ def check_choice(key: str, value, allowed: Sequence) -> None:
     raise ValueError(f'{key}={value!r} is not supported; allowed: {", ".join(map(repr, allowed))}.')
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+  """What every model's config holds; each model's dataclass adds its own fields and checks."""
+  vocab_size: int
+  num_layers: int = 2
+  d_model: int = 32
+  dropout: float = 0.0
+  pooling: str = 'cls'
+  tie_embeddings: bool = True
+  num_classes: int = 2
+  dtype: str = 'float32'
+
+  def __post_init__(self):
+    check_choice('model.pooling', self.pooling, POOLINGS)
+    check_choice('model.dtype', self.dtype, tuple(DTYPES))
+    check_dropout(self.dropout)
+
+  @property
+  def compute_dtype(self):
+    return DTYPES[self.dtype]
+
+
 def config_from(config_class, model_config, **given):
   """A model's config dataclass from the keys of `config.model` that are its fields, plus `given` (vocab_size...)."""
   fields = {f.name for f in dataclasses.fields(config_class)} - set(given)

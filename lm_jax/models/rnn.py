@@ -77,29 +77,16 @@ def _blockwise_orthogonal(gates: int):
   return init
 
 
-@dataclasses.dataclass(frozen=True)
-class RNNConfig:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RNNConfig(layers.ModelConfig):
   """Everything an RNN module needs; built from `config.model` by `from_config` (name = the cell)."""
   name: str
-  vocab_size: int
   num_layers: int = 1
-  d_model: int = 32
-  dropout: float = 0.0
   bidirectional: bool = True
-  pooling: str = 'cls'
-  tie_embeddings: bool = True
-  num_classes: int = 2
-  dtype: str = 'float32'
 
   def __post_init__(self):
+    super().__post_init__()
     layers.check_choice('model.name', self.name, tuple(CELLS))
-    layers.check_choice('model.pooling', self.pooling, layers.POOLINGS)
-    layers.check_choice('model.dtype', self.dtype, tuple(layers.DTYPES))
-    layers.check_dropout(self.dropout)
-
-  @property
-  def compute_dtype(self):
-    return layers.DTYPES[self.dtype]
 
 
 def _reset(carry, start_B):

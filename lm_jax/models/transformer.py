@@ -38,23 +38,15 @@ RELATIVE_MAX_DISTANCE = 128
 _embed_init = nn.initializers.normal(stddev=0.02)
 
 
-@dataclasses.dataclass(frozen=True)
-class TransformerConfig:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TransformerConfig(layers.ModelConfig):
   """Everything a transformer module needs; built from `config.model` by `from_config`."""
-  vocab_size: int
   max_len: int
-  num_layers: int = 2
-  d_model: int = 32
   num_heads: int = 2
   mlp_dim: int = 64
-  dropout: float = 0.0
   attention_bias: str = 'none'
   positions: str = 'learned'
   pre_norm: bool = True
-  pooling: str = 'cls'
-  tie_embeddings: bool = True
-  num_classes: int = 2
-  dtype: str = 'float32'
   attention: str = 'dense'
   type_vocab_size: int = 0
   pooler: bool = False
@@ -63,13 +55,11 @@ class TransformerConfig:
   max_position_embeddings: int = 0
 
   def __post_init__(self):
+    super().__post_init__()
     layers.check_choice('model.attention_bias', self.attention_bias, ATTENTION_BIASES)
     layers.check_choice('model.positions', self.positions, POSITIONS)
-    layers.check_choice('model.pooling', self.pooling, layers.POOLINGS)
-    layers.check_choice('model.dtype', self.dtype, tuple(layers.DTYPES))
     layers.check_choice('model.attention', self.attention, ATTENTIONS)
     layers.check_choice('model.hidden_act', self.hidden_act, tuple(ACTIVATIONS))
-    layers.check_dropout(self.dropout)
     if min(self.type_vocab_size, self.max_position_embeddings) < 0:
       raise ValueError(f'model.type_vocab_size={self.type_vocab_size} and model.max_position_embeddings='
                        f'{self.max_position_embeddings} must be >= 0.')
@@ -93,9 +83,6 @@ class TransformerConfig:
         raise ValueError(f"model.attention='cudnn' needs model.dtype='bfloat16' (cuDNN has no float32 kernel), "
                          f'got {self.dtype!r}.')
 
-  @property
-  def compute_dtype(self):
-    return layers.DTYPES[self.dtype]
 
   @property
   def position_table_size(self) -> int:
