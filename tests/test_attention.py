@@ -15,7 +15,7 @@ B, T, S, H, D = 2, 5, 7, 3, 8
 
 
 def reference_attention(q, k, v, bias=None, mask=None):
-  """The seed's formula in float64 NumPy: softmax(q·kᵀ/√d + b) · v, masked rows → 0."""
+  """The original formula in float64 NumPy: softmax(q·kᵀ/√d + b) · v, masked rows → 0."""
   q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
   scores = np.einsum('bthd,bshd->bhts', q, k) / np.sqrt(q.shape[-1])
   if bias is not None:
