@@ -11,19 +11,21 @@ from tensorboardX.proto import event_pb2
 
 from lm_jax import metrics
 
-def _read_scalars(events_dir):
-  """(tag, step, value) of every scalar in the TFRecord-framed event files: u64 length, u32 crc, data, u32 crc."""
-  scalars = []
+def _events(events_dir):
+  """Every event of the TFRecord-framed event files, in file order: u64 length, u32 crc, data, u32 crc."""
   for path in sorted(glob.glob(os.path.join(events_dir, 'events.out.tfevents.*'))):
     with open(path, 'rb') as f:
       data = f.read()
     offset = 0
     while offset < len(data):
       (length,) = struct.unpack('<Q', data[offset:offset + 8])
-      event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
+      yield event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
       offset += 12 + length + 4
-      scalars += [(v.tag, event.step, v.simple_value) for v in event.summary.value]
-  return scalars
+
+
+def _read_scalars(events_dir):
+  """(tag, step, value) of every scalar written."""
+  return [(v.tag, event.step, v.simple_value) for event in _events(events_dir) for v in event.summary.value]
 
 
 class MetricsWriterTest(absltest.TestCase):
@@ -74,17 +76,8 @@ class MetricsWriterTest(absltest.TestCase):
     with open(os.path.join(workdir, 'metrics.jsonl'), encoding='utf-8') as f:
       lines = [json.loads(line) for line in f]
     self.assertEqual([(l['step'], l['loss']) for l in lines], [(10, 0.1), (20, 0.05), (30, 0.5)])
-    purges = []
-    for path in glob.glob(os.path.join(workdir, 'events', 'events.out.tfevents.*')):
-      with open(path, 'rb') as f:
-        data = f.read()
-      offset = 0
-      while offset < len(data):
-        (length,) = struct.unpack('<Q', data[offset:offset + 8])
-        event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
-        offset += 12 + length + 4
-        if event.HasField('session_log') and event.session_log.status == event.session_log.START:
-          purges.append(event.step)
+    purges = [event.step for event in _events(os.path.join(workdir, 'events'))
+              if event.HasField('session_log') and event.session_log.status == event.session_log.START]
     self.assertEqual(purges, [21])   # TensorBoard drops the first run's events from step 21 on
 
 
