@@ -58,7 +58,7 @@ def text_inputs(text: str, tokenizer, config) -> dict[str, np.ndarray]:
 def example_inputs(index: int, workdir: str, config) -> dict[str, np.ndarray]:
   """Validation example `index` (with its segment ids and positions when the rows are packed)."""
   data = data_lib.get_dataset(config.data, task=config.model.task, seed=config.seed,
-                        tokenizer_dir=os.path.join(workdir, 'tokenizer'))
+                              tokenizer_dir=os.path.join(workdir, 'tokenizer'))
   rows = data.rows('validation')
   if not 0 <= index < len(rows):
     raise ValueError(f'--example={index}: the validation split has {len(rows)} examples (0..{len(rows) - 1}).')

@@ -236,17 +236,17 @@ def prepare_data(config, workdir) -> data_lib.Data:
   def load():
     if config.init_from:
       inherit_tokenizer(config.init_from, workdir)
-    data = data_lib.get_dataset(config.data, task=config.model.task, seed=config.seed,
-                          tokenizer_dir=os.path.join(workdir, 'tokenizer'))
-    for split in ('train', *data.eval_splits):
-      data.rows(split)
-    return data
+    return data_lib.get_dataset(config.data, task=config.model.task, seed=config.seed,
+                                tokenizer_dir=os.path.join(workdir, 'tokenizer'))
 
   if jax.process_count() == 1:
-    return load()
-  data = load() if jax.process_index() == 0 else None
+    return load()   # each split is tokenized (or read from its cache) on first use
+  if jax.process_index() == 0:
+    data = load()
+    for split in ('train', *data.eval_splits):   # every token cache exists before the others read it
+      data.rows(split)
   multihost_utils.sync_global_devices('lm_jax: process 0 prepared the tokenizer and the data')
-  return data or load()
+  return data if jax.process_index() == 0 else load()
 
 
 def total_steps_of(config, data) -> int:

@@ -74,7 +74,7 @@ class CacheTest(chex.TestCase):
 
   def _build(self, task='lm', tokenizer_dir=None, **overrides):
     return data_lib.get_dataset(_config(self.paths, self.cache_dir, **overrides), task=task, seed=3,
-                          tokenizer_dir=tokenizer_dir or self.create_tempdir().full_path)
+                                tokenizer_dir=tokenizer_dir or self.create_tempdir().full_path)
 
   def test_cache_equals_in_memory_tokenization(self):
     data = self._build('lm')

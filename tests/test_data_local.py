@@ -55,7 +55,7 @@ class TextFilesTest(chex.TestCase):
       root.create_file(f'part{f}.txt', content='\n\n'.join(docs) + '\n \n\n')
     root.create_file('skipped.md', content='not matched')
     data = data_lib.get_dataset(_config('text_files', os.path.join(root.full_path, '*.txt')), task='lm', seed=0,
-                          tokenizer_dir=self.create_tempdir().full_path)
+                                tokenizer_dir=self.create_tempdir().full_path)
     train, validation = _segments(data, 'train'), _segments(data, 'validation')
     self.assertEqual((len(train), len(validation)), (41, 4))   # round(45 * 0.1)
     self.assertEqual(sorted(train + validation), sorted(expected))
@@ -172,7 +172,7 @@ class TableTest(chex.TestCase):
     rows = [{'id': i, 'review': f'document {i}'} for i in range(10)]
     path = _write_table(self.create_tempdir().full_path, 'jsonl', rows)
     data = data_lib.get_dataset(_config('jsonl', path, text_column='review'), task='lm', seed=0,
-                          tokenizer_dir=self.create_tempdir().full_path)
+                                tokenizer_dir=self.create_tempdir().full_path)
     self.assertEqual(sorted(_segments(data, 'train') + _segments(data, 'validation')),
                      sorted(r['review'] for r in rows))
 

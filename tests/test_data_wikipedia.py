@@ -117,4 +117,4 @@ class WikipediaTest(chex.TestCase):
          mock.patch.object(tfds.core.DatasetBuilder, 'download_and_prepare', side_effect=no_beam), \
          self.assertRaisesRegex(ImportError, 'apache_beam.*needs apache-beam, mwparserfromhell and mwxml'):
       data_lib.get_dataset(_config(tfds_data_dir=missing, download=True), task='lm', seed=0,
-                     tokenizer_dir=self.create_tempdir().full_path)
+                           tokenizer_dir=self.create_tempdir().full_path)

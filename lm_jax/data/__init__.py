@@ -1,6 +1,7 @@
 """Datasets by name (config.data.name), all yielding the batch contract of pipeline.py.
 
-  data = lm_jax.data.get_dataset(config.data, task='classification', seed=config.seed, tokenizer_dir=workdir + '/tokenizer')
+  data = lm_jax.data.get_dataset(config.data, task='classification', seed=config.seed,
+                                 tokenizer_dir=workdir + '/tokenizer')
   for batch in data.train_iterator(config.train.batch_size): ...
 
 Batches are numpy dicts whose leading axis is this process's share of the global batch:

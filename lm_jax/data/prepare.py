@@ -29,7 +29,7 @@ def main(argv):
   config = flags.FLAGS.config
   with tempfile.TemporaryDirectory() as tmp:
     data = data_lib.get_dataset(config.data, task=config.model.task, seed=config.seed,
-                          tokenizer_dir=_TOKENIZER_DIR.value or tmp)
+                                tokenizer_dir=_TOKENIZER_DIR.value or tmp)
     for split in ('train',) + data.eval_splits:
       print(f'{config.data.name} {split}: {data.num_examples(split)} {config.model.task} rows of '
             f'{config.data.max_len} tokens')

@@ -47,7 +47,7 @@ def main(argv):
   with tempfile.TemporaryDirectory() as tmp:
     start = time.perf_counter()
     data = data_lib.get_dataset(config.data, task=config.model.task, seed=config.seed,
-                          tokenizer_dir=_TOKENIZER_DIR.value or tmp)
+                                tokenizer_dir=_TOKENIZER_DIR.value or tmp)
     examples = data.num_examples('train')
     built = time.perf_counter() - start
     result = measure(data, config.train.batch_size, _BATCHES.value)
