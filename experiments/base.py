@@ -50,6 +50,7 @@ def get_config() -> ml_collections.ConfigDict:
   m.dropout = 0.1
   m.attention_bias = 'none'           # none | relative (learned relative-position bias b per head) | alibi
   m.positions = 'learned'             # learned | sinusoidal | none (RNNs need none)
+  m.smeared_keys = False              # each key mixes in the previous token's (learned per head; Olsson et al. 2022)
   m.pre_norm = True                   # pre-LN (stable from scratch); False = post-LN as in BERT
   m.pooling = 'cls'                   # classification pooling: cls | mean (over non-pad tokens)
   m.bidirectional = True              # RNN classifier reads both directions

@@ -7,12 +7,9 @@ Synthetic and offline (see lm_jax/data/mqar.py for a worked example): the resear
 comparisons. Training examples are fresh (generated from (seed, index), none repeated), validation is 1000 fixed
 held-out examples, and the answers after queries are hidden, as in Zoology.
 
-Not yet robust (2 CPU cores, shared; seed 1, `--config.seed=1`): with the answers visible and 20k fixed examples
-this recipe ended at 35.4% validation accuracy, the score of answering with a not-yet-answered value of the pairs;
-with the answers hidden it sits at 16-17% (loss ~ln 8: some value of the pairs) through 1200 steps at batch 64 and
-600 at batch 256 (2500 steps without the bias: 17.5%), and the learned relative bias shows no previous-token head
-(bucket 1 stays <= 0.12). Seed 12345
-once reached 99.8% in 2500 steps with the answers visible; the key-to-value binding forms on some seeds only.
+Smeared keys (Olsson et al., 2022) are what make this recipe learn: each key mixes in the previous token's key, so a
+query matches the value that followed its key in one layer. Without them the 2-layer decoder must first grow a
+previous-token head, and it sits at loss ~ln 8 (17%: some value of the pairs) for thousands of steps; see the README.
 """
 
 from experiments import base
@@ -33,15 +30,16 @@ def get_config(variant: str = ''):
   c.model.d_model = 128
   c.model.num_heads = 2
   c.model.mlp_dim = 256
-  c.model.attention_bias = 'relative'   # offset-aware bias b: previous-token heads, and so recall, form early
+  c.model.attention_bias = 'relative'
+  c.model.smeared_keys = True
   c.model.dropout = 0.0
   c.optim.learning_rate = 3e-3
   c.optim.warmup_steps = 100
   c.optim.weight_decay = 0.1
   c.train.batch_size = 64
   c.train.eval_batch_size = 250
-  c.train.num_steps = 2500            # 8 epochs
-  c.train.eval_every_steps = 250
+  c.train.num_steps = 1000            # 64k examples; >= 99% by step 200-300 on seeds 12345, 1, 2
+  c.train.eval_every_steps = 100
   c.train.checkpoint_every_steps = 250
   c.train.log_every_steps = 50
   return c

@@ -12,6 +12,10 @@ and; `None` means "no mask"), e.g. a decoder over padded ids:
 
 A query row with no allowed key (e.g. a padding query) gets all-zero weights and a zero output, never NaN.
 
+`smear_keys` is Olsson et al.'s (2022) smeared key: each key mixes in the previous position's key, so one layer
+can match "the token after an earlier copy of mine", the induction/recall pattern that otherwise waits for a
+previous-token head to form in an earlier layer.
+
 `chunked_dot_product_attention` computes the same output without the `[B, H, T, S]` scores (Rabe & Staats, 2021;
 the online softmax of FlashAttention, Dao et al., 2022): keys in blocks of `key_chunk`, queries in blocks of
 `query_chunk`; per query row it keeps the running max m, the running sum l of exp(s - m) and the running
@@ -66,6 +70,17 @@ def combine_masks(*masks: jax.Array | None) -> jax.Array | None:
   for m in masks[1:]:
     out = jnp.logical_and(out, m)
   return out
+
+
+def smear_keys(k_BxSxHxD: jax.Array, mix_H: jax.Array, starts_BxS: jax.Array) -> jax.Array:
+  """k'_s = α·k_s + (1 − α)·k_{s−1} per head, α = sigmoid(mix_H); a key with starts_BxS True (the first of its
+  document, or of the row) keeps k_s. starts broadcasts over the batch (`[1, S]` for one layout)."""
+  if mix_H.shape != k_BxSxHxD.shape[2:3] or starts_BxS.ndim != 2:
+    raise ValueError(f'smear_keys: keys {k_BxSxHxD.shape} need mix [H] and starts [B, S]; got mix '
+                     f'{mix_H.shape}, starts {starts_BxS.shape}.')
+  previous = jnp.pad(k_BxSxHxD, ((0, 0), (1, 0), (0, 0), (0, 0)))[:, :-1]
+  alpha = jnp.where(starts_BxS[:, :, None, None], 1.0, jax.nn.sigmoid(mix_H)[None, None, :, None])
+  return (alpha * k_BxSxHxD + (1 - alpha) * previous).astype(k_BxSxHxD.dtype)
 
 
 def _check_shapes(q, k, v=None):

@@ -140,6 +140,25 @@ class AttentionTest(chex.TestCase):
     with self.assertRaisesRegex(ValueError, 'must agree'):
       attention.dot_product_attention(q[:, :, :2], k, v)
 
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_smeared_keys_match_float64_loop_and_restart_at_document_starts(self):
+    k = np.random.default_rng(4).normal(size=(B, S, H, D)).astype(np.float32)
+    mix = np.array([-1.5, 0.0, 2.0], np.float32)
+    starts = np.zeros((B, S), bool)
+    starts[:, 0] = True
+    starts[1, 4] = True   # row 1 packs a second document from key 4
+    smeared = self.variant(attention.smear_keys)(k, mix, starts)
+    alpha = 1 / (1 + np.exp(-mix.astype(np.float64)))
+    expected = np.array(k, np.float64)
+    for b in range(B):
+      for s in range(S):
+        if not starts[b, s]:
+          expected[b, s] = alpha[:, None] * k[b, s] + (1 - alpha[:, None]) * k[b, s - 1]
+    np.testing.assert_allclose(smeared, expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(smeared[1, 4], k[1, 4])   # the second document never sees the first
+    with self.assertRaisesRegex(ValueError, r'mix \(2,\)'):
+      attention.smear_keys(k, mix[:2], starts)
+
 
 def dense_and_chunked(q, k, v, bias, mask, **chunks):
   dense = lambda q, k, v, b: attention.dot_product_attention(q, k, v, bias=b, mask=mask)

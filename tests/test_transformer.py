@@ -102,6 +102,9 @@ def reference_logits(params, ids, config, token_types=None):
 
       def attend(y, a=layer['attention']):
         q, k, v = (np.einsum('td,dhk->thk', y, a[n]['kernel']) + a[n]['bias'] for n in ('query', 'key', 'value'))
+        if config.smeared_keys:   # k'_s = α k_s + (1 - α) k_{s-1}, α = sigmoid(smear); the first key is kept
+          alpha = 1 / (1 + np.exp(-a['smear']))[None, :, None]
+          k = np.concatenate([k[:1], alpha * k[1:] + (1 - alpha) * k[:-1]])
         scores = np.einsum('thk,shk->hts', q, k) / math.sqrt(q.shape[-1]) + bias
         weights = np.where(allowed, np.exp(scores - scores.max(-1, keepdims=True)), 0.0)
         weights /= np.maximum(weights.sum(-1, keepdims=True), 1e-300)  # a padding query attends to nothing: zeros
@@ -135,8 +138,9 @@ def reference_logits(params, ids, config, token_types=None):
 
 
 def closed_form_count(task, *, d, f, num_layers, heads, tied, learned, relative, classes=2, types=0, table=0,
-                      pooler=False):
+                      pooler=False, smeared=False):
   per_layer = 2 * 2 * d + 4 * (d * d + d) + (d * f + f) + (f * d + d)  # 2 LayerNorms, q/k/v/out, MLP
+  per_layer += heads if smeared else 0
   trunk = (VOCAB * d + types * d + ((table or MAX_LEN) * d if learned else 0) + (32 * heads if relative else 0)
            + num_layers * per_layer + 2 * d)
   output = VOCAB if tied else d * VOCAB + VOCAB
@@ -153,6 +157,8 @@ class TransformerTest(chex.TestCase):
       ('mlm_relative_tied', dict(task='mlm', attention_bias='relative')),
       ('lm_post_ln_alibi_untied', dict(task='lm', pre_norm=False, attention_bias='alibi', positions='none',
                                        tie_embeddings=False)),
+      ('lm_smeared_keys_relative', dict(task='lm', attention_bias='relative', smeared_keys=True)),
+      ('mlm_smeared_keys', dict(task='mlm', smeared_keys=True)),
       ('bert_classifier', dict(task='classification', pre_norm=False, pooler=True, type_vocab_size=2,
                                layer_norm_eps=1e-12, hidden_act='gelu_new', max_position_embeddings=24)),
       ('bert_mlm', dict(task='mlm', pre_norm=False, pooler=True, type_vocab_size=3, layer_norm_eps=1e-12,
@@ -195,9 +201,9 @@ class TransformerTest(chex.TestCase):
     deps = dependencies(module, params, random_ids(3, (2, 8)))
     np.testing.assert_array_equal(deps, np.tril(np.ones((8, 8), bool)))
 
-  @parameterized.named_parameters(('lm', 'lm'), ('mlm', 'mlm'))
-  def test_packed_documents_do_not_see_each_other(self, task):
-    module, params = build(task=task, attention_bias='relative')
+  @parameterized.named_parameters(('lm', 'lm', False), ('mlm', 'mlm', False), ('lm_smeared_keys', 'lm', True))
+  def test_packed_documents_do_not_see_each_other(self, task, smeared_keys):
+    module, params = build(task=task, attention_bias='relative', smeared_keys=smeared_keys)
     segment_ids = jnp.array([[1, 1, 1, 2, 2, 2, 2, 0]] * 2, jnp.int32)
     positions = jnp.array([[0, 1, 2, 0, 1, 2, 3, 0]] * 2, jnp.int32)
     inputs = random_ids(4, (2, 8), lengths=[7, 7])
@@ -219,6 +225,7 @@ class TransformerTest(chex.TestCase):
       ('classification', dict(task='classification', pre_norm=False, attention_bias='relative', num_classes=3)),
       ('mlm', dict(task='mlm', positions='sinusoidal', tie_embeddings=True)),
       ('lm', dict(task='lm', attention_bias='alibi', tie_embeddings=False, num_layers=3)),
+      ('lm_smeared_keys', dict(task='lm', smeared_keys=True, num_layers=2)),
       ('bert_classifier', dict(task='classification', pre_norm=False, pooler=True, type_vocab_size=2,
                                max_position_embeddings=40)),
       ('bert_mlm_keeps_pooler', dict(task='mlm', pre_norm=False, pooler=True, type_vocab_size=2)),
@@ -231,11 +238,12 @@ class TransformerTest(chex.TestCase):
         config.task, d=config.d_model, f=config.mlp_dim, num_layers=config.num_layers, heads=config.num_heads,
         tied=config.tie_embeddings, learned=config.positions == 'learned',
         relative=config.attention_bias == 'relative', classes=config.num_classes, types=config.type_vocab_size,
-        table=config.max_position_embeddings, pooler=config.pooler)
+        table=config.max_position_embeddings, pooler=config.pooler, smeared=config.smeared_keys)
     self.assertEqual(models.count_params(shapes), expected)
 
-  def test_cached_greedy_generation_matches_uncached(self):
-    module, params = build(task='lm', attention_bias='relative')
+  @parameterized.named_parameters(('plain', False), ('smeared_keys', True))
+  def test_cached_greedy_generation_matches_uncached(self, smeared_keys):
+    module, params = build(task='lm', attention_bias='relative', smeared_keys=smeared_keys)
     prompt, new = random_ids(5, (2, 4)), 7
     generated = models.generate(module, params, prompt, max_new_tokens=new, temperature=0.0)
     chex.assert_shape(generated, (2, 4 + new))

@@ -3,7 +3,8 @@
 ids `[B, T]` (pad id 0) → embeddings (+ learned or sinusoidal positions, + token-type embeddings) → num_layers ×
 (self-attention + GELU MLP, pre-LN or post-LN) → a head of `layers` under a top-level name containing 'head'.
 Attention is `lm_jax.attention` (or cuDNN's fused kernel); the additive bias b is none, a learned T5
-relative-position bias per head, or ALiBi. Params are float32; `dtype` sets the compute dtype; logits are float32.
+relative-position bias per head, or ALiBi; with smeared_keys each key mixes in the previous token's key (Olsson et
+al., 2022: induction and recall heads form in one layer, not after a previous-token head in another). Params are float32; `dtype` sets the compute dtype; logits are float32.
 
 With post-LN, token types, the pooler, LayerNorm epsilon 1e-12 and learned positions up to max_position_embeddings
 it computes what Hugging Face's BERT computes (lm_jax.hf_bert imports its weights). Keys attend only to non-pad
@@ -53,6 +54,7 @@ class TransformerConfig(layers.ModelConfig):
   layer_norm_eps: float = 1e-6
   hidden_act: str = 'gelu'
   max_position_embeddings: int = 0
+  smeared_keys: bool = False
 
   def __post_init__(self):
     super().__post_init__()
@@ -149,7 +151,7 @@ class SelfAttention(nn.Module):
   config: TransformerConfig
 
   @nn.compact
-  def __call__(self, x_BxTxD, *, bias, mask, decode_index=None):
+  def __call__(self, x_BxTxD, *, bias, mask, key_positions, decode_index=None):
     cfg = self.config
     dense = functools.partial(nn.DenseGeneral, features=(cfg.num_heads, cfg.d_model // cfg.num_heads),
                               dtype=cfg.compute_dtype, param_dtype=jnp.float32)
@@ -163,6 +165,9 @@ class SelfAttention(nn.Module):
       cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k_BxTxHxK, (0, decode_index, 0, 0))
       cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v_BxTxHxK, (0, decode_index, 0, 0))
       k_BxTxHxK, v_BxTxHxK = cached_k.value, cached_v.value
+    if cfg.smeared_keys:   # positions restart at 0 where a document (or a decoded row) starts
+      mix_H = self.param('smear', nn.initializers.zeros, (cfg.num_heads,), jnp.float32)
+      k_BxTxHxK = attention.smear_keys(k_BxTxHxK, mix_H, key_positions == 0)
     if self.is_mutable_collection('intermediates'):   # attention maps (lm_jax.attention_maps): only when asked
       self.sow('intermediates', 'attention_weights',
                attention.attention_weights(q_BxTxHxK, k_BxTxHxK, bias=bias, mask=mask))
@@ -176,14 +181,15 @@ class Block(nn.Module):
   config: TransformerConfig
 
   @nn.compact
-  def __call__(self, x_BxTxD, *, bias, mask, decode_index, train: bool):
+  def __call__(self, x_BxTxD, *, bias, mask, key_positions, decode_index, train: bool):
     cfg = self.config
     dense = functools.partial(nn.Dense, dtype=cfg.compute_dtype, param_dtype=jnp.float32)
     norm = cfg.layer_norm
     dropout = functools.partial(layers.Dropout(cfg.dropout), train=train)
 
     def attend(y):
-      return SelfAttention(cfg, name='attention')(y, bias=bias, mask=mask, decode_index=decode_index)
+      return SelfAttention(cfg, name='attention')(y, bias=bias, mask=mask, key_positions=key_positions,
+                                                  decode_index=decode_index)
 
     def mlp(y):
       y = ACTIVATIONS[cfg.hidden_act](dense(cfg.mlp_dim, name='mlp_in')(y))
@@ -253,7 +259,8 @@ class Transformer(nn.Module):
 
     bias = self._attention_bias(q_pos_BxT, k_pos_BxS)
     for layer in self.layers:
-      x_BxTxD = layer(x_BxTxD, bias=bias, mask=mask, decode_index=decode_index, train=train)
+      x_BxTxD = layer(x_BxTxD, bias=bias, mask=mask, key_positions=k_pos_BxS, decode_index=decode_index,
+                      train=train)
     return self.norm(x_BxTxD) if cfg.pre_norm else x_BxTxD
 
   def _positions(self, inputs_BxT, positions_BxT):
