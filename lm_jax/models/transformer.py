@@ -4,7 +4,8 @@ ids `[B, T]` (pad id 0) → embeddings (+ learned or sinusoidal positions, + tok
 (self-attention + GELU MLP, pre-LN or post-LN) → a head of `layers` under a top-level name containing 'head'.
 Attention is `lm_jax.attention` (or cuDNN's fused kernel); the additive bias b is none, a learned T5
 relative-position bias per head, or ALiBi; with smeared_keys each key mixes in the previous token's key (Olsson et
-al., 2022: induction and recall heads form in one layer, not after a previous-token head in another). Params are float32; `dtype` sets the compute dtype; logits are float32.
+al., 2022: induction and recall heads form in one layer, not after a previous-token head in another). Params are
+float32; `dtype` sets the compute dtype; logits are float32.
 
 With post-LN, token types, the pooler, LayerNorm epsilon 1e-12 and learned positions up to max_position_embeddings
 it computes what Hugging Face's BERT computes (lm_jax.hf_bert imports its weights). Keys attend only to non-pad
