@@ -111,19 +111,25 @@ def parse_value(text: str, *, like, what: str):
     raise ValueError(f'{what}={text!r} is not a {kind.__name__}.') from None
 
 
-def load(spec: str) -> ml_collections.ConfigDict:
-  """The locked config of `path/to/experiment.py[:variant]`, as `--config` would load it."""
+def call_file(spec: str, function: str, *, kind: str):
+  """`function(variant)` of the Python file in `path/to/file.py[:variant]` (`function()` without a variant): how
+  experiment files (get_config) and sweep files (get_sweep) are read. `kind` names the file in errors."""
   path, _, variant = spec.partition(':')
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'Config file {path!r} does not exist.')
-  # Experiment files import their base as `experiments.X`: the directory above experiments/ must be importable.
-  root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
-  if root not in sys.path:
-    sys.path.insert(0, root)
-  module_spec = importlib.util.spec_from_file_location(f'lm_jax_experiment_{abs(hash(path))}', path)
+    raise FileNotFoundError(f'{kind} file {path!r} does not exist.')
+  module_spec = importlib.util.spec_from_file_location(f'lm_jax_{function}_{abs(hash(path))}', path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
-  config = module.get_config(variant) if variant else module.get_config()
+  return getattr(module, function)(variant) if variant else getattr(module, function)()
+
+
+def load(spec: str) -> ml_collections.ConfigDict:
+  """The locked config of `path/to/experiment.py[:variant]`, as `--config` would load it."""
+  # Experiment files import their base as `experiments.X`: the directory above experiments/ must be importable.
+  root = os.path.dirname(os.path.dirname(os.path.abspath(spec.partition(':')[0])))
+  if root not in sys.path:
+    sys.path.insert(0, root)
+  config = call_file(spec, 'get_config', kind='Config')
   config.lock()
   return config
 

@@ -15,7 +15,6 @@ order, each in DIR/<run name>, and merges the seeds of one variant name into one
 """
 
 import dataclasses
-import importlib.util
 import itertools
 import os
 import re
@@ -81,13 +80,8 @@ def load(spec: str) -> list[Variant]:
 
   The `:variant` string goes to `get_sweep(variant)`, as experiment files get theirs (configs.parse_variant).
   """
-  path, _, arg = spec.partition(':')
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f'Sweep file {path!r} does not exist.')
-  spec = importlib.util.spec_from_file_location(f'lm_jax_sweep_{abs(hash(path))}', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  variants = list(module.get_sweep(arg) if arg else module.get_sweep())
+  path = spec.partition(':')[0]
+  variants = list(configs.call_file(spec, 'get_sweep', kind='Sweep'))
   seen = set()
   for variant in variants:
     if variant.run_name in seen:
