@@ -35,6 +35,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 import numpy as np
 
+from lm_jax import cli
 from lm_jax import configs
 from lm_jax import flops
 from lm_jax import models
@@ -236,7 +237,7 @@ def suite_cases() -> list[str]:
 
 
 def main(argv):
-  del argv
+  cli.start(argv)   # before the first compile: the step's buffers are reused, not page-faulted in each step
   if _SUITE.value == (_CASE.value is not None):
     raise app.UsageError('Give exactly one of --case NAME and --suite.')
   names = suite_cases() if _SUITE.value else [_CASE.value]

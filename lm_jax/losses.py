@@ -57,9 +57,10 @@ def _forward(chunk, h_NxD, table_VxD, bias_V, targets_N, weights_N):
     loss_sum, correct_sum, dtable_VxD, dbias_V = carry
     h_CxD, targets_C, weights_C = block
     loss, correct, logits_CxV, logsumexp_C = _block_loss(h_CxD, table_VxD, bias_V, targets_C, weights_C)
-    # d loss / d logits = w · (softmax − onehot(target)).
-    dlogits_CxV = jnp.exp(logits_CxV - logsumexp_C[:, None])
-    dlogits_CxV = dlogits_CxV.at[jnp.arange(targets_C.shape[0]), targets_C].add(-1.0) * weights_C[:, None]
+    # d loss / d logits = w · (softmax − onehot(target)), as one elementwise pass over the block (a scatter of −1
+    # into the softmax would be a pass of its own).
+    is_target_CxV = jax.lax.broadcasted_iota(jnp.int32, logits_CxV.shape, 1) == targets_C[:, None]
+    dlogits_CxV = (jnp.exp(logits_CxV - logsumexp_C[:, None]) - is_target_CxV) * weights_C[:, None]
     dlogits_CxV = dlogits_CxV.astype(h_CxD.dtype)
     dh_CxD = jnp.einsum('cv,vd->cd', dlogits_CxV, table_VxD.astype(h_CxD.dtype), preferred_element_type=jnp.float32)
     dtable_VxD = dtable_VxD + jnp.einsum('cv,cd->vd', dlogits_CxV, h_CxD, preferred_element_type=jnp.float32)

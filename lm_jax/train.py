@@ -34,6 +34,7 @@ from jax.sharding import PartitionSpec as P
 from lm_jax import checkpoint
 from lm_jax import data as data_lib
 from lm_jax import flops
+from lm_jax import losses
 from lm_jax import metrics as metrics_lib
 from lm_jax import models
 from lm_jax import optim
@@ -45,6 +46,9 @@ SYNC_EVERY_STEPS = 8
 FROZEN_SECTIONS = ('model', 'data')
 # Step metrics that measure the machine, not the run: they differ between an interrupted and an uninterrupted run.
 TIMING_METRICS = ('steps_per_sec', 'tokens_per_sec')
+# Tokens per block of the fused vocabulary head + loss (lm, mlm): the float32 logits of one block are
+# HEAD_CHUNK_TOKENS × vocab (64 MiB at 512 × 32k) instead of the whole batch's.
+HEAD_CHUNK_TOKENS = 512
 log = logging.getLogger(__name__)
 
 
@@ -66,19 +70,33 @@ class Preempted(Exception):
 
 # ---------------------------------------------------------------------------------------------------- losses
 
-def loss_sums(logits, batch, token_bytes=None):
-  """Weighted sums over the batch; divided by `count` they are the means. Works for [B, C] and [B, T, V] logits."""
-  targets = batch['label'] if logits.ndim == 2 else batch['targets']
+def loss_sums(outputs, batch, token_bytes=None):
+  """Weighted sums over the batch; divided by `count` they are the means.
+
+  `outputs`: logits `[B, C]` or `[B, T, V]`, or the `layers.HeadInputs` of a vocabulary head, whose loss is
+  computed by `losses.fused_head_cross_entropy` without materializing the logits (equal to float32 rounding).
+  """
+  is_head_inputs = isinstance(outputs, models.HeadInputs)
+  targets = batch['label'] if not is_head_inputs and outputs.ndim == 2 else batch['targets']
   weights = batch['weights']
-  nll = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
-  sums = {
-      'loss': jnp.sum(nll * weights),
-      'correct': jnp.sum((jnp.argmax(logits, -1) == targets) * weights),
-      'count': jnp.sum(weights),
-  }
+  if is_head_inputs:
+    hidden_BxTxD, table_VxD, bias_V = outputs
+    loss, correct = losses.fused_head_cross_entropy(
+        HEAD_CHUNK_TOKENS, hidden_BxTxD.reshape(-1, hidden_BxTxD.shape[-1]), table_VxD, bias_V,
+        targets.reshape(-1), weights.reshape(-1))
+  else:
+    nll = optax.softmax_cross_entropy_with_integer_labels(outputs.astype(jnp.float32), targets)
+    loss, correct = jnp.sum(nll * weights), jnp.sum((jnp.argmax(outputs, -1) == targets) * weights)
+  sums = {'loss': loss, 'correct': correct, 'count': jnp.sum(weights)}
   if token_bytes is not None:
     sums['bytes'] = jnp.sum(token_bytes[targets] * weights)
   return sums
+
+
+def apply_for_loss(model, params, batch, **kwargs):
+  """The model's outputs for `loss_sums`: a vocabulary head's `HeadInputs` (fused loss), else the logits."""
+  head_inputs = {'head_inputs': True} if getattr(model, 'task', None) in models.VOCABULARY_TASKS else {}
+  return model.apply({'params': params}, batch['inputs'], **model_kwargs(batch), **head_inputs, **kwargs)
 
 
 def summarize(sums, task):
@@ -121,9 +139,7 @@ def make_train_step(model, optimizer, mesh, grad_accum_steps, *, skip_nonfinite=
     denominator = jax.lax.pmean(jnp.sum(batch['weights']), 'data')
 
     def loss_fn(params, micro_batch, rng):
-      logits = model.apply({'params': params}, micro_batch['inputs'], train=True, rngs={'dropout': rng},
-                           **model_kwargs(micro_batch))
-      sums = loss_sums(logits, micro_batch)
+      sums = loss_sums(apply_for_loss(model, params, micro_batch, train=True, rngs={'dropout': rng}), micro_batch)
       return sums['loss'] / denominator, sums
 
     grad_fn = jax.grad(loss_fn, has_aux=True)
@@ -162,8 +178,8 @@ def make_eval_step(model, mesh, token_bytes):
   """A jitted `(params, batch) -> summed metrics` over the global batch."""
 
   def replica_step(params, batch):
-    logits = model.apply({'params': params}, batch['inputs'], train=False, **model_kwargs(batch))
-    return jax.lax.psum(loss_sums(logits, batch, token_bytes), 'data')
+    outputs = apply_for_loss(model, params, batch, train=False)
+    return jax.lax.psum(loss_sums(outputs, batch, token_bytes), 'data')
 
   return jax.jit(jax.shard_map(replica_step, mesh=mesh, in_specs=(P(), P('data')), out_specs=P(),
                                check_vma=False))

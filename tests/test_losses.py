@@ -1,15 +1,21 @@
-"""lm_jax.losses.fused_head_cross_entropy against optax on materialized logits: values and gradients."""
+"""lm_jax.losses.fused_head_cross_entropy against optax on materialized logits: values and gradients, alone and as
+the train step's loss of the lm and mlm heads."""
 
 import functools
+from unittest import mock
 
 from absl.testing import parameterized
 import chex
 import jax
 import jax.numpy as jnp
+import model_helpers
 import numpy as np
 import optax
 
+from experiments import base
 from lm_jax import losses
+from lm_jax import models
+from lm_jax import train
 
 N, D, V = 11, 8, 37
 
@@ -62,3 +68,70 @@ class FusedHeadCrossEntropyTest(chex.TestCase):
     dh = jax.grad(lambda h: losses.fused_head_cross_entropy(4, h, table, bias, targets, weights)[0])(
         h.astype(jnp.bfloat16))
     self.assertEqual(dh.dtype, jnp.bfloat16)
+
+
+def model_config(name, task, **overrides):
+  c = base.get_config().model
+  c.name, c.task, c.num_layers, c.d_model, c.dropout = name, task, 1, 16, 0.1
+  if name == 'transformer':
+    c.num_heads, c.mlp_dim = 2, 32
+  for key, value in overrides.items():
+    c[key] = value
+  return c
+
+
+def lm_batch(seed, *, batch=2, seq=8, vocab=V):
+  rng = np.random.default_rng(seed)
+  ids = rng.integers(1, vocab, (batch, seq)).astype(np.int32)
+  weights = (rng.uniform(size=(batch, seq)) < 0.7).astype(np.float32)
+  return {'inputs': jnp.asarray(ids), 'targets': jnp.asarray(np.roll(ids, -1, axis=1)),
+          'weights': jnp.asarray(weights)}
+
+
+class TrainLossTest(chex.TestCase):
+  """The train step's loss of a vocabulary head (fused, from `HeadInputs`) equals the loss of the logits."""
+
+  @parameterized.named_parameters(
+      ('decoder_tied', 'transformer', 'lm', {}),
+      ('decoder_untied', 'transformer', 'lm', {'tie_embeddings': False}),
+      ('masked_lm', 'transformer', 'mlm', {}),
+      ('lstm_lm', 'lstm', 'lm', {}))
+  def test_fused_loss_and_gradients_equal_the_logits(self, name, task, overrides):
+    module, params = model_helpers.make_model(model_config(name, task, **overrides), vocab=V, max_len=8, scale=0.3)
+    batch = lm_batch(0)
+    dropout = {'dropout': jax.random.key(3)}
+    self.assertIsInstance(train.apply_for_loss(module, params, batch, train=True, rngs=dropout), models.HeadInputs)
+
+    def loss(params, outputs_of):
+      sums = train.loss_sums(outputs_of(params), batch)
+      return sums['loss'] / 5.0, sums
+
+    logits_of = lambda p: module.apply({'params': p}, batch['inputs'], train=True, rngs=dropout)
+    head_inputs_of = lambda p: train.apply_for_loss(module, p, batch, train=True, rngs=dropout)
+    (expected_loss, expected_sums), expected_grads = jax.value_and_grad(loss, has_aux=True)(params, logits_of)
+    (got_loss, got_sums), got_grads = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1)(
+        params, head_inputs_of)
+    chex.assert_trees_all_close((got_loss, got_sums), (expected_loss, expected_sums), rtol=1e-5, atol=1e-5)
+    chex.assert_trees_all_close(got_grads, expected_grads, rtol=1e-5, atol=1e-5)
+    self.assertGreater(float(optax.tree.norm(got_grads)), 0.0)
+
+  def test_classifier_gets_logits(self):
+    module, params = model_helpers.make_model(model_config('transformer', 'classification'), vocab=V, max_len=8,
+                                              scale=0.3)
+    batch = {'inputs': lm_batch(1)['inputs']}
+    self.assertEqual(train.apply_for_loss(module, params, batch).shape, (2, 2))
+    with self.assertRaisesRegex(ValueError, 'head_inputs=True is for the vocabulary heads'):
+      module.apply({'params': params}, batch['inputs'], head_inputs=True)
+
+  def test_train_and_eval_steps_use_the_fused_loss(self):
+    module, params = model_helpers.make_model(model_config('transformer', 'lm'), vocab=V, max_len=8, scale=0.3)
+    mesh = train.make_mesh()
+    optimizer = optax.adamw(1e-3)
+    state = train.TrainState(step=jnp.array(0, jnp.int32), params=params, opt_state=optimizer.init(params),
+                             rng=jax.random.key(1))
+    batch = lm_batch(2, batch=4)
+    with mock.patch.object(losses, 'fused_head_cross_entropy', wraps=losses.fused_head_cross_entropy) as fused:
+      jax.eval_shape(train.make_train_step(module, optimizer, mesh, 1), state, batch)
+      self.assertEqual(fused.call_count, 1)
+      jax.eval_shape(train.make_eval_step(module, mesh, None), params, batch)
+      self.assertEqual(fused.call_count, 2)

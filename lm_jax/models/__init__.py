@@ -8,6 +8,8 @@ inputs int32 `[B, T]` (pad id 0); optional segment_ids/positions int32 `[B, T]` 
 float32: classification `[B, num_classes]`, lm and mlm `[B, T, vocab_size]`. The trunk's params live under
 'encoder' (classification, mlm) or 'decoder' (lm), the head's under '<task>_head' (classifier_head, mlm_head,
 lm_head). Adding a model is one file with a `from_config(model_config, *, vocab_size, max_len)` and one line below.
+For lm and mlm, `apply(..., head_inputs=True)` returns `layers.HeadInputs(hidden, table, bias)` in place of the
+logits: what the train step's fused head + loss (`losses.fused_head_cross_entropy`) takes.
 """
 
 import math
@@ -17,7 +19,7 @@ import jax
 
 from lm_jax.models import rnn, transformer
 from lm_jax.models.generate import generate
-from lm_jax.models.layers import check_choice
+from lm_jax.models.layers import VOCABULARY_TASKS, HeadInputs, check_choice
 
 MODELS = {
     'transformer': transformer.from_config,
@@ -28,7 +30,7 @@ MODELS = {
 # The tasks each model serves (its heads).
 TASKS = {'transformer': transformer.TASKS, 'rnn': rnn.TASKS, 'lstm': rnn.TASKS, 'gru': rnn.TASKS}
 
-__all__ = ['MODELS', 'TASKS', 'count_params', 'generate', 'get_model']
+__all__ = ['MODELS', 'TASKS', 'VOCABULARY_TASKS', 'HeadInputs', 'count_params', 'generate', 'get_model']
 
 
 def get_model(model_config, *, vocab_size: int, max_len: int) -> nn.Module:

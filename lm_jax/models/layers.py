@@ -6,7 +6,7 @@ bfloat16 compute never rounds the logits themselves.
 
 import dataclasses
 import functools
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
@@ -17,6 +17,8 @@ from lm_jax.models.random_bits import random_bits
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 POOLINGS = ('cls', 'mean')
 PAD_ID = 0
+# Tasks whose head scores the vocabulary: logits `[B, T, V]`, or `HeadInputs` for the fused loss.
+VOCABULARY_TASKS = ('lm', 'mlm')
 
 
 def check_choice(key: str, value, allowed: Sequence) -> None:
@@ -66,6 +68,12 @@ def check_decode_inputs(decode: bool, segment_ids, positions) -> None:
     raise ValueError('decode=True takes unpacked prompts: pass neither segment_ids nor positions.')
 
 
+def check_head_inputs(head_inputs: bool, task: str) -> None:
+  if head_inputs and task not in VOCABULARY_TASKS:
+    raise ValueError(f'head_inputs=True is for the vocabulary heads (tasks {", ".join(VOCABULARY_TASKS)}), '
+                     f'not task {task!r}.')
+
+
 def check_dropout(rate: float) -> None:
   if not 0.0 <= rate < 1.0:
     raise ValueError(f'model.dropout={rate!r} must be in [0, 1).')
@@ -103,15 +111,30 @@ def mean_pool(h_BxTxD: jax.Array, inputs_BxT: jax.Array) -> jax.Array:
   return total_BxD / jnp.maximum(real_BxT.sum(axis=1, keepdims=True, dtype=jnp.float32), 1.0)
 
 
+class HeadInputs(NamedTuple):
+  """What an output head multiplies, instead of its logits: logits = hidden · tableᵀ + bias.
+
+  `losses.fused_head_cross_entropy` takes these, so a train step never materializes `[B, T, V]` logits.
+  """
+  hidden_BxTxD: jax.Array  # in the compute dtype (after the MLM transform, if any)
+  table_VxD: jax.Array     # float32 params: the tied embedding, or an untied kernel transposed
+  bias_V: jax.Array
+
+
 class Logits(nn.Module):
-  """nn.Dense's params and init ('kernel', 'bias'), but float32 out: x·W in `dtype` with float32 accumulation."""
+  """nn.Dense's params and init ('kernel', 'bias'), but float32 out: x·W in `dtype` with float32 accumulation.
+
+  With `head_inputs`, returns `HeadInputs(x, Wᵀ, bias)` instead.
+  """
   features: int
   dtype: Any
 
   @nn.compact
-  def __call__(self, x_BxF):
+  def __call__(self, x_BxF, *, head_inputs: bool = False):
     kernel_FxC = self.param('kernel', nn.initializers.lecun_normal(), (x_BxF.shape[-1], self.features), jnp.float32)
     bias_C = self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32)
+    if head_inputs:
+      return HeadInputs(x_BxF.astype(self.dtype), kernel_FxC.T, bias_C)
     return add_bias(jnp.einsum('...f,fc->...c', x_BxF.astype(self.dtype), kernel_FxC.astype(self.dtype),
                                preferred_element_type=jnp.float32), bias_C)
 
@@ -132,6 +155,7 @@ class OutputHead(nn.Module):
   """Hidden `[B, T, D]` → float32 logits `[B, T, V]`: the tied token embedding plus a bias, or its own `Logits`.
 
   `transform` adds BERT's masked-LM transform (Dense, `activation`, LayerNorm with epsilon `norm_eps`) first.
+  With `head_inputs`, returns `HeadInputs` (the same params, the logits not computed).
   """
   vocab_size: int
   tie_embeddings: bool
@@ -141,13 +165,15 @@ class OutputHead(nn.Module):
   norm_eps: float = 1e-6
 
   @nn.compact
-  def __call__(self, h_BxTxD, token_embed: nn.Embed):
+  def __call__(self, h_BxTxD, token_embed: nn.Embed, *, head_inputs: bool = False):
     if self.transform:
       h_BxTxD = nn.Dense(h_BxTxD.shape[-1], dtype=self.dtype, param_dtype=jnp.float32, name='transform')(h_BxTxD)
       h_BxTxD = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, param_dtype=jnp.float32,
                              name='transform_norm')(self.activation(h_BxTxD))
     if not self.tie_embeddings:
-      return Logits(self.vocab_size, self.dtype, name='output')(h_BxTxD)
+      return Logits(self.vocab_size, self.dtype, name='output')(h_BxTxD, head_inputs=head_inputs)
     bias_V = self.param('bias', nn.initializers.zeros, (self.vocab_size,), jnp.float32)
+    if head_inputs:
+      return HeadInputs(h_BxTxD.astype(self.dtype), token_embed.embedding, bias_V)
     return add_bias(jnp.einsum('btd,vd->btv', h_BxTxD.astype(self.dtype), token_embed.embedding.astype(self.dtype),
                                preferred_element_type=jnp.float32), bias_V)

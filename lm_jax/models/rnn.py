@@ -264,9 +264,11 @@ class RNNModel(nn.Module):
     return None
 
   @nn.compact
-  def __call__(self, inputs_BxT, *, train: bool = False, segment_ids=None, positions=None, decode: bool = False):
+  def __call__(self, inputs_BxT, *, train: bool = False, segment_ids=None, positions=None, decode: bool = False,
+               head_inputs: bool = False):
     cfg = self.config
     is_lm = self.task == 'lm'
+    layers.check_head_inputs(head_inputs, self.task)
     if not is_lm and (segment_ids is not None or positions is not None or decode):
       raise ValueError('An RNN classifier reads one unpacked sequence per row: segment_ids, positions and decode '
                        'are for model.task=lm.')
@@ -276,7 +278,7 @@ class RNNModel(nn.Module):
                     decode=decode)
     if is_lm:
       return layers.OutputHead(cfg.vocab_size, cfg.tie_embeddings, transform=False, dtype=cfg.compute_dtype,
-                               name='lm_head')(h_BxTxF, trunk.token_embed)
+                               name='lm_head')(h_BxTxF, trunk.token_embed, head_inputs=head_inputs)
     pooled_BxF = (layers.mean_pool(h_BxTxF, inputs_BxT) if cfg.pooling == 'mean'
                   else final_states(h_BxTxF, inputs_BxT, cfg.d_model))
     return layers.ClassifierHead(cfg.num_classes, cfg.dropout, cfg.compute_dtype, name='classifier_head')(

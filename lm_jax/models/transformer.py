@@ -325,9 +325,11 @@ class TransformerModel(nn.Module):
 
   @nn.compact
   def __call__(self, inputs_BxT, *, train: bool = False, segment_ids=None, positions=None, decode: bool = False,
-               token_type_ids=None):
+               token_type_ids=None, head_inputs: bool = False):
+    """float32 logits; with `head_inputs` (tasks lm, mlm), `layers.HeadInputs` in their place (for the fused loss)."""
     cfg = self.config
     is_lm = self.task == 'lm'
+    layers.check_head_inputs(head_inputs, self.task)
     trunk = Transformer(cfg, causal=is_lm, name='decoder' if is_lm else 'encoder')
     h_BxTxD = trunk(inputs_BxT, train=train, segment_ids=segment_ids, positions=positions, decode=decode,
                     token_type_ids=token_type_ids)
@@ -344,7 +346,8 @@ class TransformerModel(nn.Module):
       pooler(h_BxTxD[:, 0])   # an MLM model keeps the params, unread: init_from hands them to a classifier
     return layers.OutputHead(cfg.vocab_size, cfg.tie_embeddings, transform=self.task == 'mlm',
                              dtype=cfg.compute_dtype, activation=ACTIVATIONS[cfg.hidden_act],
-                             norm_eps=cfg.layer_norm_eps, name=f'{self.task}_head')(h_BxTxD, trunk.token_embed)
+                             norm_eps=cfg.layer_norm_eps, name=f'{self.task}_head')(h_BxTxD, trunk.token_embed,
+                                                                                    head_inputs=head_inputs)
 
 
 def from_config(model_config, *, vocab_size: int, max_len: int) -> TransformerModel:
