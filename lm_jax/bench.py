@@ -1,4 +1,4 @@
-"""Train-step benchmark of lm_jax's own `train.make_train_step`, with an optional side-by-side PyTorch reference.
+"""Train-step benchmark of lm_jax's own `steps.make_train_step`, with an optional side-by-side PyTorch reference.
 
   python -m lm_jax.bench --case lstm                       # one JSON line
   python -m lm_jax.bench --suite                           # every case of this backend, one line each
@@ -40,6 +40,7 @@ from lm_jax import configs
 from lm_jax import flops
 from lm_jax import models
 from lm_jax import optim
+from lm_jax import steps
 from lm_jax import train
 
 
@@ -155,12 +156,12 @@ class Bench:
     optimizer = optim.make_optimizer(self.config.optim, total_steps=1)
     params = jax.jit(model.init)(jax.random.key(0), jnp.ones((1, self.seq), jnp.int32))['params']
     self.num_params = models.count_params(params)
-    state = train.TrainState(step=jnp.array(0, jnp.int32), params=params, opt_state=optimizer.init(params),
+    state = steps.TrainState(step=jnp.array(0, jnp.int32), params=params, opt_state=optimizer.init(params),
                              rng=jax.random.key(1))
     self.state = jax.device_put(state, NamedSharding(mesh, P()))
     self.batch_arrays = train.to_global(random_batch(mc.task, case.vocab_size, self.batch, self.seq), mesh)
     start = time.perf_counter()
-    self.step = train.make_train_step(model, optimizer, mesh, grad_accum_steps=1).lower(
+    self.step = steps.make_train_step(model, optimizer, mesh, grad_accum_steps=1).lower(
         self.state, self.batch_arrays).compile()
     self.compile_s = time.perf_counter() - start
     memory = self.step.memory_analysis()

@@ -32,6 +32,7 @@ from safetensors import numpy as safetensors_np
 from lm_jax import checkpoint
 from lm_jax import models
 from lm_jax import optim
+from lm_jax import steps
 from lm_jax import train
 from lm_jax.data import tokenizers
 from lm_jax.data import wordpiece
@@ -215,7 +216,7 @@ def convert(hf_dir: str, workdir: str, base_config: ml_collections.ConfigDict) -
   tokenizers.save(tokenizer, os.path.join(workdir, 'tokenizer'))
   train.save_config(config, workdir)
   params = traverse_util.unflatten_dict({p: jnp.asarray(v, jnp.float32) for p, v in params.items()}, sep='/')
-  state = train.TrainState(
+  state = steps.TrainState(
       step=jnp.array(0, jnp.int32), params=params,
       opt_state=optim.make_optimizer(config.optim, total_steps=1).init(params),
       rng=jax.random.split(jax.random.PRNGKey(config.seed))[1])   # the key train.init_train_state gives step 0

@@ -1,9 +1,6 @@
 """The training loop, top to bottom: config → data → model → train_step → metrics and checkpoints.
 
-Data parallelism has pmap's semantics, written as `jax.shard_map` under `jax.jit` (what pmap itself is built on in
-current JAX): one replica per device, each gets its slice of the global batch, gradients are averaged with
-`lax.pmean`. `check_vma=False` keeps pmap's explicit-collective semantics (with it on, JAX would insert the
-gradient all-reduce itself).
+The step functions themselves (data parallelism with pmap's semantics, losses, metrics) are in `steps.py`.
 
 A run survives interruption: SIGTERM or Ctrl-C finishes the current step, saves a checkpoint and raises `Preempted`;
 SIGKILL loses at most the steps since the last checkpoint. Each checkpoint also holds the data iterator's position,
@@ -21,7 +18,6 @@ import threading
 import time
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -34,10 +30,10 @@ from jax.sharding import PartitionSpec as P
 from lm_jax import checkpoint
 from lm_jax import data as data_lib
 from lm_jax import flops
-from lm_jax import losses
 from lm_jax import metrics as metrics_lib
 from lm_jax import models
 from lm_jax import optim
+from lm_jax import steps
 
 # Two CPU "devices" deadlock in the collectives' rendezvous when ~50 jit(shard_map) steps are queued without a
 # sync point. Waiting every few steps costs nothing measurable and keeps the queue short everywhere.
@@ -46,17 +42,7 @@ SYNC_EVERY_STEPS = 8
 FROZEN_SECTIONS = ('model', 'data')
 # Step metrics that measure the machine, not the run: they differ between an interrupted and an uninterrupted run.
 TIMING_METRICS = ('steps_per_sec', 'tokens_per_sec')
-# Tokens per block of the fused vocabulary head + loss (lm, mlm): the float32 logits of one block are
-# HEAD_CHUNK_TOKENS × vocab (64 MiB at 512 × 32k) instead of the whole batch's.
-HEAD_CHUNK_TOKENS = 512
 log = logging.getLogger(__name__)
-
-
-class TrainState(flax.struct.PyTreeNode):
-  step: jax.Array
-  params: Any
-  opt_state: optax.OptState
-  rng: jax.Array  # base key; step t uses fold_in(rng, t), so a resumed run draws the same dropout masks
 
 
 class Preempted(Exception):
@@ -66,127 +52,6 @@ class Preempted(Exception):
     super().__init__(f'{signal_name}: saved a checkpoint at step {step} in {workdir} and stopped; run the same '
                      'command again to resume.')
     self.step = step
-
-
-# ---------------------------------------------------------------------------------------------------- losses
-
-def loss_sums(outputs, batch, token_bytes=None):
-  """Weighted sums over the batch; divided by `count` they are the means.
-
-  `outputs`: logits `[B, C]` or `[B, T, V]`, or the `layers.HeadInputs` of a vocabulary head, whose loss is
-  computed by `losses.fused_head_cross_entropy` without materializing the logits (equal to float32 rounding).
-  """
-  is_head_inputs = isinstance(outputs, models.HeadInputs)
-  targets = batch['label'] if not is_head_inputs and outputs.ndim == 2 else batch['targets']
-  weights = batch['weights']
-  if is_head_inputs:
-    hidden_BxTxD, table_VxD, bias_V = outputs
-    loss, correct = losses.fused_head_cross_entropy(
-        HEAD_CHUNK_TOKENS, hidden_BxTxD.reshape(-1, hidden_BxTxD.shape[-1]), table_VxD, bias_V,
-        targets.reshape(-1), weights.reshape(-1))
-  else:
-    nll = optax.softmax_cross_entropy_with_integer_labels(outputs.astype(jnp.float32), targets)
-    loss, correct = jnp.sum(nll * weights), jnp.sum((jnp.argmax(outputs, -1) == targets) * weights)
-  sums = {'loss': loss, 'correct': correct, 'count': jnp.sum(weights)}
-  if token_bytes is not None:
-    sums['bytes'] = jnp.sum(token_bytes[targets] * weights)
-  return sums
-
-
-def apply_for_loss(model, params, batch, **kwargs):
-  """The model's outputs for `loss_sums`: a vocabulary head's `HeadInputs` (fused loss), else the logits."""
-  head_inputs = {'head_inputs': True} if getattr(model, 'task', None) in models.VOCABULARY_TASKS else {}
-  return model.apply({'params': params}, batch['inputs'], **model_kwargs(batch), **head_inputs, **kwargs)
-
-
-def summarize(sums, task):
-  """Turns summed eval metrics into the reported ones."""
-  count = max(float(sums['count']), 1e-9)
-  out = {'loss': float(sums['loss']) / count, 'accuracy': float(sums['correct']) / count}
-  if task in ('lm', 'mlm'):
-    out['perplexity'] = math.exp(min(out['loss'], 80.0))
-  if 'bytes' in sums and float(sums['bytes']) > 0:
-    out['bits_per_byte'] = float(sums['loss']) / math.log(2) / float(sums['bytes'])
-  return out
-
-
-def model_kwargs(batch):
-  return {k: batch[k] for k in ('segment_ids', 'positions') if k in batch}
-
-
-def group_norms(tree, depth: int = 2) -> dict[str, jax.Array]:
-  """L2 norms of the subtrees `depth` levels down, by '/'-joined path: {'decoder/layers_0': norm, ...}."""
-  squares = {}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    group = jax.tree_util.keystr(path[:depth], simple=True, separator='/')
-    squares[group] = squares.get(group, 0.0) + jnp.sum(jnp.square(leaf.astype(jnp.float32)))
-  return {group: jnp.sqrt(total) for group, total in squares.items()}
-
-
-# ---------------------------------------------------------------------------------------------------- steps
-
-def make_train_step(model, optimizer, mesh, grad_accum_steps, *, skip_nonfinite=False):
-  """A jitted `(state, batch) -> (state, metrics)`; batch sharded over 'data', state replicated.
-
-  With `skip_nonfinite`, a step whose loss or gradients are not finite leaves params and optimizer state unchanged
-  and reports `skipped` 1.
-  """
-
-  # One replica: its sums are the global ones. XLA:CPU runs even a one-device all-reduce as a copy of every
-  # gradient (1.5 ms of a 53 ms LSTM bench step), so the collectives are left out there.
-  pmean, psum = ((lambda x, _: x, lambda x, _: x) if mesh.shape['data'] == 1 else (jax.lax.pmean, jax.lax.psum))
-
-  def replica_step(state, batch):
-    rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), jax.lax.axis_index('data'))
-    # Each replica sums its losses and divides by the mean weight per replica: pmean over replicas (and the sum over
-    # micro-batches) then gives the gradient of the mean loss over the whole global batch.
-    denominator = pmean(jnp.sum(batch['weights']), 'data')
-
-    def loss_fn(params, micro_batch, rng):
-      sums = loss_sums(apply_for_loss(model, params, micro_batch, train=True, rngs={'dropout': rng}), micro_batch)
-      return sums['loss'] / denominator, sums
-
-    grad_fn = jax.grad(loss_fn, has_aux=True)
-    if grad_accum_steps == 1:
-      grads, sums = grad_fn(state.params, batch, rng)
-    else:  # a scan over micro-batches: the memory of one micro-batch, the gradient of the whole batch
-      micro_batches = jax.tree.map(lambda x: x.reshape(grad_accum_steps, -1, *x.shape[1:]), batch)
-
-      def accumulate(total, inputs):
-        i, micro_batch = inputs
-        return jax.tree.map(jnp.add, total, grad_fn(state.params, micro_batch, jax.random.fold_in(rng, i))), None
-
-      first = jax.tree.map(lambda x: x[0], micro_batches)
-      zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, state.params, first, rng))
-      (grads, sums), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(grad_accum_steps), micro_batches))
-    grads = pmean(grads, 'data')
-    sums = psum(sums, 'data')
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    grad_norm = optax.tree.norm(grads)
-    metrics = {'loss': sums['loss'] / sums['count'], 'accuracy': sums['correct'] / sums['count'],
-               'grad_norm': grad_norm, 'param_norm': optax.tree.norm(state.params),
-               'update_norm': optax.tree.norm(updates), 'grad_norms': group_norms(grads)}
-    if skip_nonfinite:
-      finite = jnp.isfinite(sums['loss']) & jnp.isfinite(grad_norm)
-      params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), (params, opt_state),
-                                       (state.params, state.opt_state))
-      metrics['skipped'] = 1.0 - finite.astype(jnp.float32)
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
-
-  step = jax.shard_map(replica_step, mesh=mesh, in_specs=(P(), P('data')), out_specs=(P(), P()), check_vma=False)
-  return jax.jit(step, donate_argnums=0)
-
-
-def make_eval_step(model, mesh, token_bytes):
-  """A jitted `(params, batch) -> summed metrics` over the global batch."""
-
-  def replica_step(params, batch):
-    outputs = apply_for_loss(model, params, batch, train=False)
-    return jax.lax.psum(loss_sums(outputs, batch, token_bytes), 'data')
-
-  return jax.jit(jax.shard_map(replica_step, mesh=mesh, in_specs=(P(), P('data')), out_specs=P(),
-                               check_vma=False))
 
 
 # ---------------------------------------------------------------------------------------------------- setup
@@ -275,14 +140,14 @@ def total_steps_of(config, data) -> int:
   return config.train.num_epochs * data.steps_per_epoch(config.train.batch_size)
 
 
-def init_train_state(config, model, optimizer, mesh) -> TrainState:
+def init_train_state(config, model, optimizer, mesh) -> steps.TrainState:
   """Fresh (or `init_from`-loaded) params and optimizer state, replicated over the mesh."""
   init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   dummy_inputs = jnp.ones((1, config.data.max_len), jnp.int32)
   params = jax.jit(model.init)(init_rng, dummy_inputs)['params']
   if config.init_from:
     params = checkpoint.load_params(config.init_from, params, reinit=config.init_from_reinit)
-  state = TrainState(step=jnp.array(0, jnp.int32), params=params, opt_state=optimizer.init(params), rng=train_rng)
+  state = steps.TrainState(step=jnp.array(0, jnp.int32), params=params, opt_state=optimizer.init(params), rng=train_rng)
   return jax.device_put(state, NamedSharding(mesh, P()))
 
 
@@ -295,7 +160,7 @@ class Run:
   data: data_lib.Data
   model: Any
   optimizer: optax.GradientTransformation
-  state: TrainState            # initial; replaced by the restored state on resume
+  state: steps.TrainState            # initial; replaced by the restored state on resume
   total_steps: int
   eval_step: Any
   ckpt: checkpoint.Checkpointer
@@ -317,7 +182,7 @@ def prepare_run(config, workdir, devices=None) -> Run:
   token_bytes = jnp.asarray(data.tokenizer.token_bytes()) if config.model.task == 'lm' else None
   ckpt = checkpoint.open_checkpointer(config, workdir)
   return Run(config, workdir, mesh, data, model, optimizer, init_train_state(config, model, optimizer, mesh),
-             total_steps, make_eval_step(model, mesh, token_bytes), ckpt)
+             total_steps, steps.make_eval_step(model, mesh, token_bytes), ckpt)
 
 
 def to_global(batch, mesh):
@@ -337,7 +202,7 @@ def evaluate(run: Run, params, split: str) -> dict[str, float]:
       jax.block_until_ready(totals)
   if totals is None:
     raise ValueError(f'The {split!r} split produced no batches: it has {run.data.num_examples(split)} examples.')
-  return summarize(jax.device_get(totals), run.config.model.task)
+  return steps.summarize(jax.device_get(totals), run.config.model.task)
 
 
 # ---------------------------------------------------------------------------------------------------- the loop
@@ -450,7 +315,7 @@ def train_loop(run: Run, train_iter, writer, log_window: list[dict], signals: St
   Returns the final state and the validation metrics of the last step (None when no step was run).
   """
   config, total = run.config, run.total_steps
-  train_step = make_train_step(run.model, run.optimizer, run.mesh, config.optim.grad_accum_steps,
+  train_step = steps.make_train_step(run.model, run.optimizer, run.mesh, config.optim.grad_accum_steps,
                                skip_nonfinite=config.train.skip_nonfinite_steps)
   tokens_per_step = config.train.batch_size * config.data.max_len
   peak = flops.peak_flops_per_device(jax.devices()[0], config.model.dtype)

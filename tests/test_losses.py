@@ -15,6 +15,7 @@ import optax
 from experiments import base
 from lm_jax import losses
 from lm_jax import models
+from lm_jax import steps
 from lm_jax import train
 
 N, D, V = 11, 8, 37
@@ -100,14 +101,14 @@ class TrainLossTest(chex.TestCase):
     module, params = model_helpers.make_model(model_config(name, task, **overrides), vocab=V, max_len=8, scale=0.3)
     batch = lm_batch(0)
     dropout = {'dropout': jax.random.key(3)}
-    self.assertIsInstance(train.apply_for_loss(module, params, batch, train=True, rngs=dropout), models.HeadInputs)
+    self.assertIsInstance(steps.apply_for_loss(module, params, batch, train=True, rngs=dropout), models.HeadInputs)
 
     def loss(params, outputs_of):
-      sums = train.loss_sums(outputs_of(params), batch)
+      sums = steps.loss_sums(outputs_of(params), batch)
       return sums['loss'] / 5.0, sums
 
     logits_of = lambda p: module.apply({'params': p}, batch['inputs'], train=True, rngs=dropout)
-    head_inputs_of = lambda p: train.apply_for_loss(module, p, batch, train=True, rngs=dropout)
+    head_inputs_of = lambda p: steps.apply_for_loss(module, p, batch, train=True, rngs=dropout)
     (expected_loss, expected_sums), expected_grads = jax.value_and_grad(loss, has_aux=True)(params, logits_of)
     (got_loss, got_sums), got_grads = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1)(
         params, head_inputs_of)
@@ -119,7 +120,7 @@ class TrainLossTest(chex.TestCase):
     module, params = model_helpers.make_model(model_config('transformer', 'classification'), vocab=V, max_len=8,
                                               scale=0.3)
     batch = {'inputs': lm_batch(1)['inputs']}
-    self.assertEqual(train.apply_for_loss(module, params, batch).shape, (2, 2))
+    self.assertEqual(steps.apply_for_loss(module, params, batch).shape, (2, 2))
     with self.assertRaisesRegex(ValueError, 'head_inputs=True is for the vocabulary heads'):
       module.apply({'params': params}, batch['inputs'], head_inputs=True)
 
@@ -127,11 +128,11 @@ class TrainLossTest(chex.TestCase):
     module, params = model_helpers.make_model(model_config('transformer', 'lm'), vocab=V, max_len=8, scale=0.3)
     mesh = train.make_mesh()
     optimizer = optax.adamw(1e-3)
-    state = train.TrainState(step=jnp.array(0, jnp.int32), params=params, opt_state=optimizer.init(params),
+    state = steps.TrainState(step=jnp.array(0, jnp.int32), params=params, opt_state=optimizer.init(params),
                              rng=jax.random.key(1))
     batch = lm_batch(2, batch=4)
     with mock.patch.object(losses, 'fused_head_cross_entropy', wraps=losses.fused_head_cross_entropy) as fused:
-      jax.eval_shape(train.make_train_step(module, optimizer, mesh, 1), state, batch)
+      jax.eval_shape(steps.make_train_step(module, optimizer, mesh, 1), state, batch)
       self.assertEqual(fused.call_count, 1)
-      jax.eval_shape(train.make_eval_step(module, mesh, None), params, batch)
+      jax.eval_shape(steps.make_eval_step(module, mesh, None), params, batch)
       self.assertEqual(fused.call_count, 2)

@@ -10,6 +10,7 @@ import numpy as np
 
 from experiments import base
 from lm_jax import checkpoint
+from lm_jax import steps
 from lm_jax import train
 
 
@@ -66,7 +67,7 @@ def read_jsonl(path):
 
 def poisoned_train_step(from_step, until_step=None):
   """make_train_step whose steps from_step..until_step see NaN loss weights, as from a bad batch."""
-  real_make_train_step = train.make_train_step
+  real_make_train_step = steps.make_train_step
 
   def make(*args, **kwargs):
     step_fn = real_make_train_step(*args, **kwargs)
@@ -138,7 +139,7 @@ class TrainLoopTest(chex.TestCase):
     workdir = self.create_tempdir().full_path
     config = tiny_recall_config(num_steps=30, checkpoint_every_steps=5)
 
-    with mock.patch.object(train, 'make_train_step', poisoned_train_step(from_step=7)):
+    with mock.patch.object(steps, 'make_train_step', poisoned_train_step(from_step=7)):
       with self.assertRaisesRegex(FloatingPointError, r'Loss is nan at step 8: stopping\. Non-finite gradient '
                                   r'norms in: decoder/.*last good checkpoint \(step 5\)'):
         train.train_and_evaluate(config, workdir)
@@ -150,7 +151,7 @@ class TrainLoopTest(chex.TestCase):
   def test_skip_nonfinite_steps_skips_and_counts(self):
     workdir = self.create_tempdir().full_path
     config = tiny_recall_config(num_steps=20, log_every_steps=10, skip_nonfinite_steps=True)
-    with mock.patch.object(train, 'make_train_step', poisoned_train_step(from_step=6, until_step=9)):
+    with mock.patch.object(steps, 'make_train_step', poisoned_train_step(from_step=6, until_step=9)):
       state, _ = train.train_and_evaluate(config, workdir)
     chex.assert_tree_all_finite(jax.device_get(state.params))
     lines = [l for l in read_jsonl(os.path.join(workdir, 'metrics.jsonl')) if l['split'] == 'train']
