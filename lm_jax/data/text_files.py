@@ -100,7 +100,9 @@ class _Spans:
 
   def _ranges(self, indices) -> Iterator[tuple[int, mmap.mmap | bytes, int, int]]:
     """(file number, its mapped bytes, start, end) of each document."""
-    for number, start, end in self._file_start_end[indices].tolist():
+    # Columns, not rows, as lists: a list per document would wake the garbage collector, which then walks every
+    # object of the process (JAX's included) again and again.
+    for number, start, end in zip(*self._file_start_end[indices].T.tolist()):
       if number != self._open[0]:
         self._open = (number, _mapped(self._files[number]))
       yield number, self._open[1], start, end
@@ -120,7 +122,7 @@ class Paragraphs(_Spans):
       cuts.extend((m.start() - (data[m.start() - 1:m.start()] == b'\r'), m.end()))
     cuts.append(len(data))
     start_end = np.frombuffer(cuts, np.int64).reshape(-1, 2)
-    return start_end[[_NON_SPACE.search(data, a, b) is not None for a, b in start_end.tolist()]]
+    return start_end[[_NON_SPACE.search(data, a, b) is not None for a, b in zip(*start_end.T.tolist())]]
 
   def read(self, indices):
     return [data[start:end] for _, data, start, end in self._ranges(indices)], None
