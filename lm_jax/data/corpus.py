@@ -64,7 +64,7 @@ def clean_text(raw: bytes | str, stats: TextStats) -> str:
       stats.invalid_utf8 += 1
   else:
     text = raw
-    if _SURROGATE.search(text):   # from a 'surrogateescape' decode, or a JSON '\udcxx' escape
+    if not text.isascii() and _SURROGATE.search(text):   # from a 'surrogateescape' decode, or a JSON '\udcxx' escape
       text = _SURROGATE.sub('\ufffd', text)
       stats.invalid_utf8 += 1
   if _needs_cleaning(text):

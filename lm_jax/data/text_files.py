@@ -36,6 +36,8 @@ _BLANK_LINES = re.compile(rb'\n[ \t\f\v]*(?:\r?\n[ \t\f\v]*)+')
 _NON_SPACE = re.compile(rb'\S')
 # A line with its break, as Python's text files split lines: '\n', '\r\n' or a lone '\r' (the last line may have none).
 _LINE = re.compile(rb'[^\r\n]*(?:\r\n?|\n|\Z)')
+_LINE_BREAKS = re.compile(rb'[\r\n]*')
+_LONE_CR = re.compile(rb'\r(?!\n)')
 _FIELD_SIZE_LIMIT = 1 << 30   # csv's default (128 KiB) rejects long documents
 
 
@@ -129,18 +131,25 @@ class Paragraphs(_Spans):
 
 
 class _Lines:
-  """The lines of data[start:end] as text, split where Python's text files split them ('\\n', '\\r\\n' or a lone
-  '\\r'), with bad bytes as surrogates ('surrogateescape'), as open() reads them; `end`: where the last one ends."""
+  """The lines of data[start:], split where Python's text files split them ('\\n', '\\r\\n' or a lone '\\r'), with
+  bad bytes as surrogates ('surrogateescape'), as open() reads them; `end`: where the line yielded last ends."""
 
-  def __init__(self, data, start: int, end: int | None = None):
-    self._data, self.end, self._stop = data, start, len(data) if end is None else end
+  def __init__(self, data, start: int):
+    self._data, self.end = data, start
 
   def __iter__(self) -> Iterator[str]:
-    for m in _LINE.finditer(self._data, self.end, self._stop):
-      if m.start() == m.end():   # the empty match at the end
-        return
-      self.end = m.end()
-      yield m.group().decode('utf-8', 'surrogateescape')
+    data = self._data
+    if _LONE_CR.search(data, self.end):
+      for m in _LINE.finditer(data, self.end):
+        if m.start() == m.end():   # the empty match at the end
+          return
+        self.end = m.end()
+        yield m.group().decode('utf-8', 'surrogateescape')
+      return
+    # Every break is '\n' or '\r\n': lines end at each '\n', which bytes.find finds several times faster.
+    while self.end < len(data):
+      start, self.end = self.end, data.find(b'\n', self.end) + 1 or len(data)
+      yield data[start:self.end].decode('utf-8', 'surrogateescape')
 
 
 def _text_start(data) -> int:
@@ -149,19 +158,20 @@ def _text_start(data) -> int:
 
 
 class _Scan(NamedTuple):
-  """One file's records: int64 [records, (start, end)], int64 [records] labels, and what `_Format.text` needs."""
+  """One file's records: int64 [records, (start, end)], int64 [records] labels, and where a record's text is (the
+  csv field's position, the jsonl key)."""
   ranges: np.ndarray
   labels: np.ndarray
-  header: list[str] | None
+  column: int | str
 
 
 class _Format(NamedTuple):
   scan: Callable[[str, Any, str, str | None], _Scan]   # (path, data, text_column, label_column)
-  text: Callable[[Any, int, int, list[str] | None, str], str]   # (data, start, end, header, text_column)
+  text: Callable[[Any, int, int, int | str], str]   # (data, start, end, column): the record's text
 
 
-def _scan(ranges: array.array, labels: array.array, header: list[str] | None = None) -> _Scan:
-  return _Scan(np.frombuffer(ranges, np.int64).reshape(-1, 2), np.frombuffer(labels, np.int64), header)
+def _scan(ranges: array.array, labels: array.array, column: int | str) -> _Scan:
+  return _Scan(np.frombuffer(ranges, np.int64).reshape(-1, 2), np.frombuffer(labels, np.int64), column)
 
 
 class Records(_Spans):
@@ -172,12 +182,11 @@ class Records(_Spans):
     scans = [table_format.scan(path, _mapped(path), text_column, label_column) for path in files]
     super().__init__(files, [s.ranges for s in scans])
     self._labels = np.concatenate([s.labels for s in scans]) if label_column else None
-    self._headers = [s.header for s in scans]
-    self._text, self._text_column = table_format.text, text_column
+    self._columns = [s.column for s in scans]
+    self._text = table_format.text
 
   def read(self, indices):
-    texts = [self._text(data, start, end, self._headers[number], self._text_column)
-             for number, data, start, end in self._ranges(indices)]
+    texts = [self._text(data, start, end, self._columns[number]) for number, data, start, end in self._ranges(indices)]
     return texts, None if self._labels is None else self._labels[indices].tolist()
 
 
@@ -197,16 +206,18 @@ def _scan_csv(path: str, data, text_column: str, label_column: str | None) -> _S
       raise ValueError(f'{where}: the row has no field for column(s) {missing}; the header has {reader.fieldnames}.')
     if label_column:
       labels.append(_label(row[label_column], where))
-    ranges.extend((start, lines.end))
+    # The record starts after the blank lines DictReader skipped (a line that starts with a break is blank).
+    ranges.extend((_LINE_BREAKS.match(data, start).end(), lines.end))
     start = lines.end
-  return _scan(ranges, labels, reader.fieldnames)
+  # DictReader's row maps each name to its last field: the text is the one at the name's last position.
+  return _scan(ranges, labels, len(reader.fieldnames) - 1 - reader.fieldnames[::-1].index(text_column))
 
 
-def _csv_text(data, start: int, end: int, header: list[str], text_column: str) -> str:
-  # The range holds the blank lines the scan's reader skipped, then one record: a new reader parses it as the
-  # scan's did (the csv reader starts each record afresh).
+def _csv_text(data, start: int, end: int, column: int) -> str:
+  # The record as one string: the csv reader parses it as it parsed its lines (a break inside quotes is text, the
+  # record's last is its end; the line ends between them are nothing to a quoted field).
   csv.field_size_limit(_FIELD_SIZE_LIMIT)
-  return next(csv.DictReader(_Lines(data, start, end), header))[text_column]
+  return next(csv.reader([data[start:end].decode('utf-8', 'surrogateescape')]))[column]
 
 
 def _universal_newline(line: str) -> str:
@@ -238,12 +249,11 @@ def _scan_jsonl(path: str, data, text_column: str, label_column: str | None) -> 
     if label_column:
       labels.append(_label(record[label_column], where))
     ranges.extend((line_start, start))
-  return _scan(ranges, labels)
+  return _scan(ranges, labels, text_column)
 
 
-def _jsonl_text(data, start: int, end: int, header: None, text_column: str) -> str:
-  del header
-  return json.loads(data[start:end].decode('utf-8', 'surrogateescape'))[text_column]
+def _jsonl_text(data, start: int, end: int, key: str) -> str:
+  return json.loads(data[start:end].decode('utf-8', 'surrogateescape'))[key]
 
 
 CSV_FORMAT = _Format(_scan_csv, _csv_text)
