@@ -214,8 +214,8 @@ def _scan_csv(path: str, data, text_column: str, label_column: str | None) -> _S
 
 
 def _csv_text(data, start: int, end: int, column: int) -> str:
-  # The record as one string: the csv reader parses it as it parsed its lines (a break inside quotes is text, the
-  # record's last is its end; the line ends between them are nothing to a quoted field).
+  # The record as one string, not line by line: the csv reader parses it the same way (a break inside quotes is
+  # text, the last break ends the record), and only the scan needed line numbers.
   csv.field_size_limit(_FIELD_SIZE_LIMIT)
   return next(csv.reader([data[start:end].decode('utf-8', 'surrogateescape')]))[column]
 
