@@ -1,5 +1,6 @@
 """The token cache: equal to in-memory tokenization, keyed by what it depends on, atomic, shared, resumable."""
 
+import gc
 import json
 import os
 import re
@@ -163,6 +164,23 @@ class CacheTest(chex.TestCase):
     again = self._build('lm', tokenizer_dir=None)
     self.assertGreater(len(again.rows('train')), 10)
     self.assertLen(_cache_dirs(self.cache_dir), 1)
+
+  def test_build_freezes_garbage_collection_only_meanwhile(self):
+    frozen = []
+    original = cache._tokenize
+
+    def tokenize(*args):
+      frozen.append(gc.get_freeze_count())   # the objects left out of collection while building
+      if len(frozen) == 2:
+        raise RuntimeError('disk full')
+      return original(*args)
+    with mock.patch.object(cache, '_tokenize', tokenize):
+      self.assertGreater(len(self._build('lm', tokenizer='bytes').rows('train')), 10)
+      self.assertEqual(gc.get_freeze_count(), 0)
+      with self.assertRaisesRegex(RuntimeError, 'disk full'):
+        self._build('lm', tokenizer='bytes', max_documents=5).rows('train')
+    self.assertEqual(gc.get_freeze_count(), 0)
+    self.assertGreater(min(frozen), 1000)
 
   def test_killed_build_is_detected_and_rebuilt(self):
     tokenizer_dir = self.create_tempdir().full_path

@@ -64,6 +64,17 @@ class PackingTest(chex.TestCase):
       for key in ('inputs', 'targets', 'segment_ids', 'positions') + (('weights',) if next_token else ()):
         np.testing.assert_array_equal(got[key], want[key][idx], err_msg=f'{key}, next_token={next_token}')
 
+  def test_arrays_pack_like_lists(self):
+    rng = np.random.default_rng(2)
+    docs = _random_docs(rng, 30) + [[]]
+    for vocab_size in (50, 70000):   # uint16 and uint32 streams
+      want = packing.pack([docs[:10], docs[10:]], 3, vocab_size)
+      got = packing.pack([[np.array(d, np.int32) for d in docs[:10]], [np.array(d, np.int32) for d in docs[10:]]], 3,
+                         vocab_size)
+      chex.assert_trees_all_equal(got, want)
+    tokens, ends = packing.pack([[[], np.zeros(0, np.int32)]], 3, 50)
+    self.assertEqual((tokens.shape, ends.shape, tokens.dtype), ((0,), (0,), np.uint16))
+
   def test_every_token_exactly_once(self):
     rng = np.random.default_rng(1)
     docs = _random_docs(rng, 80, vocab=70000)   # > uint16: stored as uint32

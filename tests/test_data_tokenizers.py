@@ -60,7 +60,9 @@ class SentencePieceTest(chex.TestCase):
       self.assertEqual(token_bytes[self.tok.encode(text)].sum(), len(_nfkc_spaces(text).encode()) + 1)
 
   def test_batch_encoding_equals_single(self):
-    self.assertEqual(self.tok.encode_batch(self.corpus[:5]), [self.tok.encode(t) for t in self.corpus[:5]])
+    batch = self.tok.encode_batch(self.corpus[:5] + [''])
+    self.assertEqual([ids.dtype for ids in batch], [np.int32] * 6)
+    self.assertEqual([ids.tolist() for ids in batch], [self.tok.encode(t) for t in self.corpus[:5] + ['']])
 
   def test_saved_tokenizer_is_reused_not_retrained(self):
     cfg = base.get_config().data
@@ -105,6 +107,8 @@ class ByteTokenizerTest(chex.TestCase):
       np.testing.assert_array_equal(np.asarray(ids) - 6, np.frombuffer(text.encode(), np.uint8))
       self.assertEqual(tok.token_bytes()[ids].sum(), len(text.encode()))
     self.assertEqual(tok.decode([6 + 0x61, 6 + 0xFF, 0, 3]), 'a\ufffd')   # invalid UTF-8, specials dropped
+    batch = tok.encode_batch(['aé', ''])
+    self.assertEqual([(ids.dtype, ids.tolist()) for ids in batch], [(np.int32, tok.encode('aé')), (np.int32, [])])
 
 
 def _bert_vocab(words):
@@ -127,6 +131,8 @@ class WordPieceTest(chex.TestCase):
     self.assertEqual([self.vocab[i] for i in ids],
                      ['hello', ',', 'world', '!', 'una', '##ff', '##able', 'cafe', '中', '[UNK]'])
     self.assertEqual(tok.decode(ids), 'hello , world ! unaffable cafe 中 [UNK]')
+    self.assertEqual([batch.tolist() for batch in tok.encode_batch(['Héllo,  WORLD!\tunaffable Café中 zebra', ''])],
+                     [ids, []])
     cased = wordpiece.WordPieceTokenizer(self.vocab, lowercase=False)
     self.assertEqual([self.vocab[i] for i in cased.encode('Hello hello')], ['Hello', 'hello'])
 

@@ -16,8 +16,7 @@ or is past the end. T = 4, E = eos, three documents a, b, c:
 For mlm, targets are the inputs themselves and `bert_mask` chooses the weighted (masked) positions.
 """
 
-import itertools
-from typing import Iterable, Protocol
+from typing import Iterable, Protocol, Sequence
 
 import numpy as np
 
@@ -94,19 +93,17 @@ def token_dtype(vocab_size: int) -> type:
   return np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32
 
 
-def pack(chunks: Iterable[list[list[int]]], eos_id: int, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
-  """(stream, doc_ends) of the non-empty documents in `chunks` (lists of token lists), each followed by eos;
-  empty when there are none."""
+def pack(chunks: Iterable[Sequence[Sequence[int]]], eos_id: int, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
+  """(stream, doc_ends) of the non-empty documents in `chunks` (sequences of token id lists or arrays), each
+  followed by eos; empty when there are none."""
   dtype = token_dtype(vocab_size)
-  streams, ends, total = [np.zeros(0, dtype)], [np.zeros(0, np.int64)], 0
-  for lists in chunks:
-    lists = [ids for ids in lists if ids]
-    lengths = np.fromiter(map(len, lists), np.int64, len(lists))
-    flat = np.fromiter(itertools.chain.from_iterable(lists), dtype, int(lengths.sum()))
-    streams.append(np.insert(flat, np.cumsum(lengths), eos_id))
-    ends.append(total + np.cumsum(lengths + 1))
-    total += int(lengths.sum()) + len(lists)
-  return np.concatenate(streams), np.concatenate(ends)
+  docs = [ids for chunk in chunks for ids in chunk if len(ids)]
+  if not docs:
+    return np.zeros(0, dtype), np.zeros(0, np.int64)
+  eos = np.array([eos_id], dtype)
+  # 'unsafe': int32 or Python ids into uint16/uint32, which hold every id of the vocabulary.
+  stream = np.concatenate([part for ids in docs for part in (ids, eos)], dtype=dtype, casting='unsafe')
+  return stream, np.cumsum(np.fromiter(map(len, docs), np.int64, len(docs)) + 1)
 
 
 def bert_mask(batch: dict[str, np.ndarray], rng: np.random.Generator, *, probability: float, mask_id: int,

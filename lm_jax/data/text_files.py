@@ -9,10 +9,13 @@ Labels are non-negative integers (0, 1, ... or their decimal strings). 'validati
 of the documents (rows), carved with a fixed seed; data.max_documents caps the documents read. Bytes that are not
 UTF-8 become U+FFFD and are counted, never an error; a byte order mark starting a csv or jsonl file is skipped.
 The files' paths, sizes and mtimes identify the corpus (the token cache's key), and nothing is read while a cache
-for them exists; text files are then indexed in one scan and their paragraphs read by offset, never all at once.
+for them exists. Building one scans each file once for the byte ranges of its documents (paragraphs; csv records,
+which may span lines; jsonl lines), validating csv and jsonl records and keeping their labels (an int array); the
+documents are then read by offset from the memory-mapped files, a chunk at a time, never all at once.
 """
 
 import array
+import codecs
 import csv
 import functools
 import glob
@@ -20,6 +23,7 @@ import json
 import mmap
 import os
 import re
+from typing import Any, Callable, Iterator, NamedTuple
 
 import numpy as np
 
@@ -30,6 +34,11 @@ from lm_jax.data import pipeline
 # from their first '\n', a literal start the regex engine finds quickly; a '\r' just before it joins the separator.
 _BLANK_LINES = re.compile(rb'\n[ \t\f\v]*(?:\r?\n[ \t\f\v]*)+')
 _NON_SPACE = re.compile(rb'\S')
+# A line with its break, as Python's text files split lines: '\n', '\r\n' or a lone '\r' (the last line may have none).
+_LINE = re.compile(rb'[^\r\n]*(?:\r\n?|\n|\Z)')
+_LINE_BREAKS = re.compile(rb'[\r\n]*')
+_LONE_CR = re.compile(rb'\r(?!\n)')
+_FIELD_SIZE_LIMIT = 1 << 30   # csv's default (128 KiB) rejects long documents
 
 
 def expand_paths(paths: str) -> list[str]:
@@ -48,10 +57,14 @@ def expand_paths(paths: str) -> list[str]:
 
 def _label(value, where: str) -> int:
   if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():   # '²'.isdigit() too
-    return int(value)
-  if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-    return value
-  raise ValueError(f'{where}: label {value!r} (data.label_column) is not a non-negative integer.')
+    label = int(value)
+  elif isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+    label = value
+  else:
+    raise ValueError(f'{where}: label {value!r} (data.label_column) is not a non-negative integer.')
+  if label >= 2**31:
+    raise ValueError(f'{where}: label {value!r} (data.label_column) is too large: the token cache holds int32.')
+  return label
 
 
 def _columns(text_column: str, label_column: str | None) -> tuple[str, ...]:
@@ -74,80 +87,177 @@ def _mapped(path: str) -> mmap.mmap | bytes:
     return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if os.fstat(f.fileno()).st_size else b''
 
 
-class Paragraphs:
-  """The non-blank paragraphs of text files as `corpus.Documents`: one scan finds their byte ranges, and `read`
-  reads those from the memory-mapped files (no text held in memory)."""
+class _Spans:
+  """Documents at byte ranges of memory-mapped files; subclasses find the ranges and read them."""
 
-  def __init__(self, files: list[str]):
+  def __init__(self, files: list[str], ranges: list[np.ndarray]):
     self._files = files
-    spans = [np.zeros((0, 3), np.int64)]
-    for number, path in enumerate(files):
-      data = _mapped(path)
-      cuts = array.array('q', [0])   # paragraph i is data[cuts[2i]:cuts[2i + 1]]
-      for m in _BLANK_LINES.finditer(data):
-        cuts.extend((m.start() - (data[m.start() - 1:m.start()] == b'\r'), m.end()))
-      cuts.append(len(data))
-      start_end = np.frombuffer(cuts, np.int64).reshape(-1, 2)
-      kept = [_NON_SPACE.search(data, a, b) is not None for a, b in start_end.tolist()]
-      spans.append(np.column_stack([np.full(sum(kept), number), start_end[kept]]))
-    self._file_start_end = np.concatenate(spans)   # [paragraphs, (file, start, end)]
+    # int64 [documents, (file number, start, end)], from each file's [documents, (start, end)]
+    self._file_start_end = np.concatenate([np.zeros((0, 3), np.int64)] + [
+        np.column_stack([np.full(len(r), number), r]) for number, r in enumerate(ranges)])
     self._open = (-1, b'')   # the file read last: documents are read in index order
 
   def __len__(self) -> int:
     return len(self._file_start_end)
 
-  def read(self, indices):
-    texts = []
-    for number, start, end in self._file_start_end[indices].tolist():
+  def _ranges(self, indices) -> Iterator[tuple[int, mmap.mmap | bytes, int, int]]:
+    """(file number, its mapped bytes, start, end) of each document."""
+    # Columns, not rows, as lists: a list per document would wake the garbage collector, which then walks every
+    # object of the process (JAX's included) again and again.
+    for number, start, end in zip(*self._file_start_end[indices].T.tolist()):
       if number != self._open[0]:
         self._open = (number, _mapped(self._files[number]))
-      texts.append(self._open[1][start:end])
-    return texts, None
+      yield number, self._open[1], start, end
 
 
-def _read_csv(path: str, text_column: str, label_column: str | None) -> tuple[list[str], list[int]]:
-  csv.field_size_limit(1 << 30)   # the default (128 KiB) rejects long documents
+class Paragraphs(_Spans):
+  """The non-blank paragraphs of text files as `corpus.Documents`: one scan finds their byte ranges, and `read`
+  reads those from the memory-mapped files (no text held in memory)."""
+
+  def __init__(self, files: list[str]):
+    super().__init__(files, [self._scan(_mapped(path)) for path in files])
+
+  @staticmethod
+  def _scan(data) -> np.ndarray:
+    cuts = array.array('q', [0])   # paragraph i is data[cuts[2i]:cuts[2i + 1]]
+    for m in _BLANK_LINES.finditer(data):
+      cuts.extend((m.start() - (data[m.start() - 1:m.start()] == b'\r'), m.end()))
+    cuts.append(len(data))
+    start_end = np.frombuffer(cuts, np.int64).reshape(-1, 2)
+    return start_end[[_NON_SPACE.search(data, a, b) is not None for a, b in zip(*start_end.T.tolist())]]
+
+  def read(self, indices):
+    return [data[start:end] for _, data, start, end in self._ranges(indices)], None
+
+
+class _Lines:
+  """The lines of data[start:], split where Python's text files split them ('\\n', '\\r\\n' or a lone '\\r'), with
+  bad bytes as surrogates ('surrogateescape'), as open() reads them; `end`: where the line yielded last ends."""
+
+  def __init__(self, data, start: int):
+    self._data, self.end = data, start
+
+  def __iter__(self) -> Iterator[str]:
+    data = self._data
+    if _LONE_CR.search(data, self.end):
+      for m in _LINE.finditer(data, self.end):
+        if m.start() == m.end():   # the empty match at the end
+          return
+        self.end = m.end()
+        yield m.group().decode('utf-8', 'surrogateescape')
+      return
+    # Every break is '\n' or '\r\n': lines end at each '\n', which bytes.find finds several times faster.
+    while self.end < len(data):
+      start, self.end = self.end, data.find(b'\n', self.end) + 1 or len(data)
+      yield data[start:self.end].decode('utf-8', 'surrogateescape')
+
+
+def _text_start(data) -> int:
+  """Where the text starts: after a byte order mark, which the utf-8-sig codec skips."""
+  return len(codecs.BOM_UTF8) if data[:len(codecs.BOM_UTF8)] == codecs.BOM_UTF8 else 0
+
+
+class _Scan(NamedTuple):
+  """One file's records: int64 [records, (start, end)], int64 [records] labels, and where a record's text is (the
+  csv field's position, the jsonl key)."""
+  ranges: np.ndarray
+  labels: np.ndarray
+  column: int | str
+
+
+class _Format(NamedTuple):
+  scan: Callable[[str, Any, str, str | None], _Scan]   # (path, data, text_column, label_column)
+  text: Callable[[Any, int, int, int | str], str]   # (data, start, end, column): the record's text
+
+
+def _scan(ranges: array.array, labels: array.array, column: int | str) -> _Scan:
+  return _Scan(np.frombuffer(ranges, np.int64).reshape(-1, 2), np.frombuffer(labels, np.int64), column)
+
+
+class Records(_Spans):
+  """The records of csv or jsonl files as `corpus.Documents`: one scan validates every record and finds its byte
+  range and label; `read` parses only the records asked for, from the memory-mapped files."""
+
+  def __init__(self, files: list[str], table_format: _Format, text_column: str, label_column: str | None):
+    scans = [table_format.scan(path, _mapped(path), text_column, label_column) for path in files]
+    super().__init__(files, [s.ranges for s in scans])
+    self._labels = np.concatenate([s.labels for s in scans]) if label_column else None
+    self._columns = [s.column for s in scans]
+    self._text = table_format.text
+
+  def read(self, indices):
+    texts = [self._text(data, start, end, self._columns[number]) for number, data, start, end in self._ranges(indices)]
+    return texts, None if self._labels is None else self._labels[indices].tolist()
+
+
+def _scan_csv(path: str, data, text_column: str, label_column: str | None) -> _Scan:
+  csv.field_size_limit(_FIELD_SIZE_LIMIT)
   columns = _columns(text_column, label_column)
-  texts, labels = [], []
-  # utf-8-sig: spreadsheet programs start their csv with a byte order mark, which would rename the first column.
-  # surrogateescape keeps bad bytes readable; clean_text turns them into U+FFFD and counts them.
-  with open(path, newline='', encoding='utf-8-sig', errors='surrogateescape') as f:
-    reader = csv.DictReader(f)
-    for column in columns:
-      if column not in (reader.fieldnames or ()):
-        raise ValueError(f'{path}: no column {column!r}; the header has {reader.fieldnames}.')
-    for row in reader:
-      where = f'{path}:{reader.line_num}'
-      missing = [column for column in columns if row[column] is None]   # DictReader's filler for short rows
-      if missing:
-        raise ValueError(f'{where}: the row has no field for column(s) {missing}; the header has {reader.fieldnames}.')
-      texts.append(row[text_column])
-      if label_column:
-        labels.append(_label(row[label_column], where))
-  return texts, labels
+  lines = _Lines(data, _text_start(data))
+  reader = csv.DictReader(lines)
+  for column in columns:
+    if column not in (reader.fieldnames or ()):
+      raise ValueError(f'{path}: no column {column!r}; the header has {reader.fieldnames}.')
+  ranges, labels, start = array.array('q'), array.array('q'), lines.end
+  for row in reader:   # the reader pulls a record's lines and no more: lines.end is where the record ends
+    where = f'{path}:{reader.line_num}'
+    missing = [column for column in columns if row[column] is None]   # DictReader's filler for short rows
+    if missing:
+      raise ValueError(f'{where}: the row has no field for column(s) {missing}; the header has {reader.fieldnames}.')
+    if label_column:
+      labels.append(_label(row[label_column], where))
+    # The record starts after the blank lines DictReader skipped (a line that starts with a break is blank).
+    ranges.extend((_LINE_BREAKS.match(data, start).end(), lines.end))
+    start = lines.end
+  # DictReader's row maps each name to its last field: the text is the one at the name's last position.
+  return _scan(ranges, labels, len(reader.fieldnames) - 1 - reader.fieldnames[::-1].index(text_column))
 
 
-def _read_jsonl(path: str, text_column: str, label_column: str | None) -> tuple[list[str], list[int]]:
+def _csv_text(data, start: int, end: int, column: int) -> str:
+  # The record as one string, not line by line: the csv reader parses it the same way (a break inside quotes is
+  # text, the last break ends the record), and only the scan needed line numbers.
+  csv.field_size_limit(_FIELD_SIZE_LIMIT)
+  return next(csv.reader([data[start:end].decode('utf-8', 'surrogateescape')]))[column]
+
+
+def _universal_newline(line: str) -> str:
+  """The line as text mode's universal newlines give it: its '\\r\\n' or '\\r' as '\\n'."""
+  if line.endswith('\r\n'):
+    return line[:-2] + '\n'
+  return line[:-1] + '\n' if line.endswith('\r') else line
+
+
+def _scan_jsonl(path: str, data, text_column: str, label_column: str | None) -> _Scan:
   columns = _columns(text_column, label_column)
-  texts, labels = [], []
-  with open(path, encoding='utf-8-sig', errors='surrogateescape') as f:
-    for line_no, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      where = f'{path}:{line_no}'
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f'{where}: not a JSON object ({e}).') from e
-      for key in columns:
-        if not isinstance(record, dict) or key not in record:
-          raise ValueError(f'{where}: no key {key!r} in {str(record)[:200]}.')
-      if not isinstance(record[text_column], str):
-        raise ValueError(f'{where}: {text_column!r} is {type(record[text_column]).__name__}, not a string.')
-      texts.append(record[text_column])
-      if label_column:
-        labels.append(_label(record[label_column], where))
-  return texts, labels
+  ranges, labels = array.array('q'), array.array('q')
+  lines = _Lines(data, _text_start(data))
+  start = lines.end
+  for line_no, line in enumerate(lines, 1):
+    line_start, start = start, lines.end
+    if not line.strip():
+      continue
+    where = f'{path}:{line_no}'
+    try:
+      record = json.loads(_universal_newline(line))
+    except json.JSONDecodeError as e:
+      raise ValueError(f'{where}: not a JSON object ({e}).') from e
+    for key in columns:
+      if not isinstance(record, dict) or key not in record:
+        raise ValueError(f'{where}: no key {key!r} in {str(record)[:200]}.')
+    if not isinstance(record[text_column], str):
+      raise ValueError(f'{where}: {text_column!r} is {type(record[text_column]).__name__}, not a string.')
+    if label_column:
+      labels.append(_label(record[label_column], where))
+    ranges.extend((line_start, start))
+  return _scan(ranges, labels, text_column)
+
+
+def _jsonl_text(data, start: int, end: int, key: str) -> str:
+  return json.loads(data[start:end].decode('utf-8', 'surrogateescape'))[key]
+
+
+CSV_FORMAT = _Format(_scan_csv, _csv_text)
+JSONL_FORMAT = _Format(_scan_jsonl, _jsonl_text)
 
 
 def read_text_files(data_config, task: str) -> corpus_lib.Corpus:
@@ -158,7 +268,7 @@ def read_text_files(data_config, task: str) -> corpus_lib.Corpus:
                            identity=_identity(data_config, files), views=views, home=_home(files))
 
 
-def _table_reader(read_file):
+def _table_reader(table_format: _Format):
   def read_corpus(data_config, task: str) -> corpus_lib.Corpus:
     label_column = data_config.label_column if task == 'classification' else None
     if label_column == '':
@@ -167,12 +277,7 @@ def _table_reader(read_file):
     files = expand_paths(data_config.paths)
 
     def views():
-      texts, labels = [], []
-      for path in files:
-        file_texts, file_labels = read_file(path, data_config.text_column, label_column)
-        texts += file_texts
-        labels += file_labels
-      docs = corpus_lib.InMemoryDocuments(texts, labels if label_column else None)
+      docs = Records(files, table_format, data_config.text_column, label_column)
       return corpus_lib.train_and_validation(docs, data_config)
 
     identity = _identity(data_config, files, text_column=data_config.text_column, label_column=label_column)
@@ -181,8 +286,8 @@ def _table_reader(read_file):
   return read_corpus
 
 
-read_csv = _table_reader(_read_csv)
-read_jsonl = _table_reader(_read_jsonl)
+read_csv = _table_reader(CSV_FORMAT)
+read_jsonl = _table_reader(JSONL_FORMAT)
 TEXT_FILES = pipeline.corpus_source(('lm', 'mlm'), read_text_files)
 CSV = pipeline.corpus_source(pipeline.TASKS, read_csv)
 JSONL = pipeline.corpus_source(pipeline.TASKS, read_jsonl)

@@ -1,7 +1,8 @@
 """Tokenizers: SentencePiece trained on the training split, BERT WordPiece, raw bytes, and named symbols (mqar).
 
 Every tokenizer has `vocab_size`, `pad_id == 0` and all of `unk_id bos_id eos_id sep_id cls_id mask_id`;
-`encode(text) -> list[int]` (no special ids added), `encode_batch(texts)`, `decode(ids) -> str`,
+`encode(text) -> list[int]` (no special ids added), `encode_batch(texts) -> list of int32 arrays` (the token
+cache's bulk path: no Python int per token), `decode(ids) -> str`,
 `token_bytes() -> int32 [vocab_size]`: the UTF-8 length of each token's text, 0 for special tokens, so that
 bits per byte = sum(nll) / ln 2 / sum(token_bytes[targets]); and `files()`, `meta()`: what `save` writes.
 
@@ -103,8 +104,8 @@ class SentencePieceTokenizer(_FixedSpecials):
   def encode(self, text: str) -> list[int]:
     return self._sp.encode(text)
 
-  def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-    return self._sp.encode(list(texts), num_threads=self.encode_threads)
+  def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
+    return self._sp.encode(list(texts), num_threads=self.encode_threads, out_type='numpy')
 
   def decode(self, ids) -> str:
     return self._sp.decode([int(i) for i in ids])
@@ -132,8 +133,8 @@ class ByteTokenizer(_FixedSpecials):
   def encode(self, text: str) -> list[int]:
     return (np.frombuffer(text.encode(), np.uint8).astype(np.int32) + self.num_specials).tolist()
 
-  def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-    return [self.encode(t) for t in texts]
+  def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
+    return [np.frombuffer(t.encode(), np.uint8).astype(np.int32) + self.num_specials for t in texts]
 
   def decode(self, ids) -> str:
     ids = np.asarray(ids, np.int64)
@@ -170,8 +171,8 @@ class SymbolTokenizer(_FixedSpecials):
   def encode(self, text: str) -> list[int]:
     return [self._ids.get(s, self.unk_id) for s in text.split()]
 
-  def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-    return [self.encode(t) for t in texts]
+  def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
+    return [np.array(self.encode(t), np.int32) for t in texts]
 
   def decode(self, ids) -> str:
     return ' '.join(self._symbols[int(i)] for i in ids if int(i) != self.pad_id)

@@ -102,8 +102,8 @@ class WordPieceTokenizer:
   def encode(self, text: str) -> list[int]:
     return [i for token in text.split() for i in self._word_ids(token)]
 
-  def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-    return [self.encode(t) for t in texts]
+  def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
+    return [np.array(self.encode(t), np.int32) for t in texts]
 
   def decode(self, ids) -> str:
     words = []
