@@ -41,8 +41,8 @@ def _lstm(carry, xw_BxG, hu_BxG, _):
   pass instead of one per sliced gate (the recurrence's forward 11.3 → 4.7 ms at 16×128, H 256; BENCHMARKS.md).
   """
   c_BxH, _ = carry
-  features = c_BxH.shape[-1]
-  half_H, one_H = jnp.full((features,), 0.5, jnp.float32), jnp.ones((features,), jnp.float32)
+  hidden = c_BxH.shape[-1]
+  half_H, one_H = jnp.full((hidden,), 0.5, jnp.float32), jnp.ones((hidden,), jnp.float32)
   tanh_BxG = jnp.tanh((xw_BxG + hu_BxG) * jnp.concatenate([half_H, half_H, one_H, half_H])[None, :])
   i_BxH, f_BxH, g_BxH, o_BxH = jnp.split(tanh_BxG, 4, axis=-1)
   from_tanh = lambda t: 0.5 * t + 0.5   # σ(x) from tanh(x/2)
