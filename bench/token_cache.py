@@ -7,8 +7,9 @@
    file) under --dir, unless they are there already.
 2. Builds the token cache with `python -m lm_jax.data.prepare` (SentencePiece training included): seconds, max RSS.
 3. Trains a small decoder for a few steps, then stops it with SIGTERM (it saves a checkpoint), and resumes it
-   `--resumes` times: seconds from process start to the first training step, and the peak resident memory
-   (RssAnon = private memory; RssFile = mapped files, such as the cache).
+   `--resumes` times (each for 10 steps): seconds from process start to the first training step, the peak resident
+   memory (RssAnon = private memory; RssFile = mapped files, such as the cache; the peak comes with the first
+   step's compilation) and the private memory while training (RssAnon when the run is stopped).
 Each measurement is one JSON line. The corpus is easier to tokenize than real English (about 2× the MB/s), so
 compare tokenization rates between code versions on the same corpus, not with other corpora.
 """
@@ -99,16 +100,18 @@ def until_steps(command: list[str], steps: int) -> dict:
       time.sleep(0.2)
 
   threading.Thread(target=sample, daemon=True).start()
-  first, seen = None, 0
+  first, seen, training_kb = None, 0, None
   for line in proc.stderr:
     if re.search(r'\] step \d+/\d+ \|', line):
       first, seen = first or time.time() - start, seen + 1
       if seen >= steps:
+        training_kb = int(re.search(r'RssAnon:\s+(\d+) kB', open(f'/proc/{proc.pid}/status').read()).group(1))
         proc.send_signal(signal.SIGTERM)
         break
   proc.wait(timeout=120)
   return {'first_step_s': None if first is None else round(first, 2), 'exit_code': proc.returncode,
-          **{f'peak_{key}_mb': round(kb / 1024) for key, kb in peak_kb.items()}}
+          **{f'peak_{key}_mb': round(kb / 1024) for key, kb in peak_kb.items()},
+          'training_RssAnon_mb': None if training_kb is None else round(training_kb / 1024)}
 
 
 def main():
@@ -130,7 +133,7 @@ def main():
   train = lm_jax_command('lm_jax.main', corpus, cache, '--workdir', workdir)
   print(json.dumps({'run': 'first', **until_steps(train, steps=7)}), flush=True)
   for resume in range(args.resumes):
-    print(json.dumps({'run': f'resume {resume + 1}', **until_steps(train, steps=1)}), flush=True)
+    print(json.dumps({'run': f'resume {resume + 1}', **until_steps(train, steps=10)}), flush=True)
 
 
 if __name__ == '__main__':

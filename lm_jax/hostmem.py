@@ -19,18 +19,35 @@ KEEP_FREED = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2 ** 31 - 1)
 log = logging.getLogger(__name__)
 
 
+def _glibc_function(name: str):
+  """glibc's `name` from the C library, or None where the C library is not glibc."""
+  try:
+    return getattr(ctypes.CDLL(ctypes.util.find_library('c')), name)
+  except (OSError, AttributeError, TypeError):
+    return None
+
+
 def keep_freed_memory() -> bool:
   """Sets glibc malloc to keep freed memory (see the module doc); False where malloc is not glibc's.
 
   Call it before the first JAX computation: threads that already allocated keep their own arena.
   """
-  try:
-    libc = ctypes.CDLL(ctypes.util.find_library('c'))
-    mallopt = libc.mallopt
-  except (OSError, AttributeError, TypeError):
+  mallopt = _glibc_function('mallopt')
+  if mallopt is None:
     return False
   applied = all(mallopt(param, value) == 1 for param, value in KEEP_FREED)
   if not applied:
     log.warning('mallopt refused the settings %s: train steps may page-fault their buffers in each step.',
                 KEEP_FREED)
   return applied
+
+
+def release_freed_memory() -> bool:
+  """Returns the freed memory kept so far to the OS (glibc's malloc_trim); False where malloc is not glibc's.
+
+  What compiling and the first steps freed would otherwise stay resident for the whole run (`bench.token_cache`'s
+  1.5M-parameter decoder: 1.04 GB of private memory after its first steps, 0.69 GB once trimmed). The step's own buffers come back at
+  the next step, page-faulted in once.
+  """
+  malloc_trim = _glibc_function('malloc_trim')
+  return malloc_trim is not None and malloc_trim(0) in (0, 1)
