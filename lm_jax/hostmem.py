@@ -46,8 +46,8 @@ def release_freed_memory() -> bool:
   """Returns the freed memory kept so far to the OS (glibc's malloc_trim); False where malloc is not glibc's.
 
   What compiling and the first steps freed would otherwise stay resident for the whole run (`bench.token_cache`'s
-  1.5M-parameter decoder: 1.04 GB of private memory after its first steps, 0.69 GB once trimmed). The step's own buffers come back at
-  the next step, page-faulted in once.
+  1.5M-parameter decoder: 1.04 GB of private memory after its first steps, 0.69 GB once trimmed). The step's own
+  buffers come back at the next step, page-faulted in once.
   """
   malloc_trim = _glibc_function('malloc_trim')
   return malloc_trim is not None and malloc_trim(0) in (0, 1)
