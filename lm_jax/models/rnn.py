@@ -23,9 +23,10 @@ TASKS = ('classification', 'lm')
 UNROLL = 1
 
 
-def _sigmoid(x):
-  """σ(x) = (1 + tanh(x/2))/2: XLA:CPU vectorizes tanh, while its σ is an exp and a divide per element."""
-  return 0.5 * jnp.tanh(0.5 * x) + 0.5
+def _sigmoid_from_tanh(tanh_half_x):
+  """σ(x) = (1 + tanh(x/2))/2, given tanh(x/2): XLA:CPU vectorizes tanh, while its σ is an exp and a divide per
+  element, so the cells take their gates' σ from one tanh pass."""
+  return 0.5 * tanh_half_x + 0.5
 
 
 def _elman(h_BxH, xw_BxG, hu_BxG, _):
@@ -37,24 +38,25 @@ def _elman(h_BxH, xw_BxG, hu_BxG, _):
 def _lstm(carry, xw_BxG, hu_BxG, _):
   """Gates i, f, g, o = split(W·x_t + b + U·h_{t-1}); c_t = σ(f)·c + σ(i)·tanh(g), h_t = σ(o)·tanh(c_t).
 
-  All four nonlinearities are one tanh over the whole [B, 4H] gate block (σ as in `_sigmoid`): one vectorized
-  pass instead of one per sliced gate (the recurrence's forward 11.3 → 4.7 ms at 16×128, H 256; BENCHMARKS.md).
+  All four nonlinearities are one tanh over the whole [B, 4H] gate block (x/2 for the σ gates, see
+  `_sigmoid_from_tanh`): one vectorized pass instead of one per sliced gate (the recurrence's forward 11.3 → 4.7 ms
+  at 16×128, H 256; BENCHMARKS.md).
   """
   c_BxH, _ = carry
   hidden = c_BxH.shape[-1]
   half_H, one_H = jnp.full((hidden,), 0.5, jnp.float32), jnp.ones((hidden,), jnp.float32)
   tanh_BxG = jnp.tanh((xw_BxG + hu_BxG) * jnp.concatenate([half_H, half_H, one_H, half_H])[None, :])
   i_BxH, f_BxH, g_BxH, o_BxH = jnp.split(tanh_BxG, 4, axis=-1)
-  from_tanh = lambda t: 0.5 * t + 0.5   # σ(x) from tanh(x/2)
-  c_BxH = from_tanh(f_BxH) * c_BxH + from_tanh(i_BxH) * g_BxH
-  h_BxH = from_tanh(o_BxH) * jnp.tanh(c_BxH)
+  c_BxH = _sigmoid_from_tanh(f_BxH) * c_BxH + _sigmoid_from_tanh(i_BxH) * g_BxH
+  h_BxH = _sigmoid_from_tanh(o_BxH) * jnp.tanh(c_BxH)
   return (c_BxH, h_BxH), h_BxH
 
 
 def _gru(h_BxH, xw_BxG, hu_BxG, bn_H):
   """r, z = σ(W·x_t + b + U·h_{t-1}); n = tanh(W_n·x_t + b_n + r·(U_n·h_{t-1} + bn)); h_t = (1-z)·n + z·h."""
   hidden = h_BxH.shape[-1]
-  r_BxH, z_BxH = jnp.split(_sigmoid(xw_BxG[:, :2 * hidden] + hu_BxG[:, :2 * hidden]), 2, axis=-1)
+  rz_Bx2H = _sigmoid_from_tanh(jnp.tanh(0.5 * (xw_BxG[:, :2 * hidden] + hu_BxG[:, :2 * hidden])))
+  r_BxH, z_BxH = jnp.split(rz_Bx2H, 2, axis=-1)
   xn_BxH, hn_BxH = xw_BxG[:, 2 * hidden:], hu_BxG[:, 2 * hidden:]
   n_BxH = jnp.tanh(xn_BxH + r_BxH * (hn_BxH + bn_H[None, :]))
   h_BxH = (1.0 - z_BxH) * n_BxH + z_BxH * h_BxH
