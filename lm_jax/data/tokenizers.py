@@ -130,11 +130,14 @@ class ByteTokenizer(_FixedSpecials):
     del directory, meta
     return cls()
 
+  def _id_array(self, text: str) -> np.ndarray:
+    return np.frombuffer(text.encode(), np.uint8).astype(np.int32) + self.num_specials
+
   def encode(self, text: str) -> list[int]:
-    return (np.frombuffer(text.encode(), np.uint8).astype(np.int32) + self.num_specials).tolist()
+    return self._id_array(text).tolist()
 
   def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
-    return [np.frombuffer(t.encode(), np.uint8).astype(np.int32) + self.num_specials for t in texts]
+    return [self._id_array(t) for t in texts]
 
   def decode(self, ids) -> str:
     ids = np.asarray(ids, np.int64)
