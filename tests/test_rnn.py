@@ -2,6 +2,7 @@
 document resets by gradient, closed-form parameter counts, cached decoding, bf16, config errors."""
 
 import functools
+from unittest import mock
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -119,6 +120,29 @@ class RNNTest(chex.TestCase):
     got = jax.jit(jax.grad(functools.partial(loss, rnn.recur), argnums=(0, 1, 2, 3)))(u, bn, carry, xw)
     chex.assert_trees_all_close(got, expected, atol=1e-5, rtol=1e-5)
     self.assertGreater(float(jnp.abs(got[0]).max()), 1e-3)
+
+  @parameterized.product(name=('rnn', 'lstm', 'gru'), reverse=(False, True))
+  def test_time_chunks_change_neither_outputs_nor_gradients(self, name, reverse):
+    """The recurrence in 4 chunks of time (2, 2, 2, 3 steps), as one: outputs and the gradients of W, U, b and x."""
+    x_BxTxI = jax.random.normal(jax.random.key(13), (3, 9, 5))
+    real_BxT = jnp.asarray(np.random.default_rng(14).random((3, 9)) < 0.8)
+    starts_BxT = jnp.zeros((3, 9), bool).at[1, 5].set(True)
+    weights = jax.random.normal(jax.random.key(15), (3, 9, HIDDEN))
+    recurrence = rnn.Recurrence(name, HIDDEN, reverse=reverse, dtype=jnp.float32)
+    params = recurrence.init(jax.random.key(16), x_BxTxI, real_BxT, starts_BxT, False)['params']
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def outputs_and_grads(chunks):
+      apply = lambda p, x: recurrence.apply({'params': p}, x, real_BxT, starts_BxT, False)
+      with mock.patch.object(rnn, 'TIME_CHUNKS', chunks):  # read while tracing; `chunks` keys the jit cache
+        return apply(params, x_BxTxI), jax.grad(lambda p, x: jnp.sum(apply(p, x) * weights), argnums=(0, 1))(
+            params, x_BxTxI)
+
+    whole, chunked = outputs_and_grads(1), outputs_and_grads(4)
+    self.assertEqual(rnn._time_chunks(9, reverse),  # pylint: disable=protected-access
+                     [(6, 9), (4, 6), (2, 4), (0, 2)] if reverse else [(0, 2), (2, 4), (4, 6), (6, 9)])
+    chex.assert_trees_all_close(chunked, whole, atol=1e-5, rtol=1e-5)
+    self.assertGreater(float(jnp.abs(whole[1][0]['U']).max()), 1e-3)
 
   @parameterized.named_parameters(('lstm', 'lstm', nn.LSTMCell), ('gru', 'gru', nn.GRUCell))
   def test_fused_cells_match_flax_cells(self, name, flax_cell):

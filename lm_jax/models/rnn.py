@@ -21,6 +21,11 @@ TASKS = ('classification', 'lm')
 # Time steps per loop iteration of the scans (lax.scan's unroll). 1 was faster than 4, 8 and 16 for the LSTM bench
 # case on the 2-core CPU (BENCHMARKS.md): larger unrolled bodies compiled slower and ran no faster.
 UNROLL = 1
+# The recurrence runs as this many chunks of time steps, each with its own input projection W·x and, in the backward
+# pass, its own dx, dW and dU matmuls. The recurrence is sequential and keeps one core busy; split in chunks, those
+# large matmuls of one chunk run on the other core while the recurrence of the next chunk runs (LSTM bench step on
+# 2 cores 0.049 → 0.042 s with 4; BENCHMARKS.md).
+TIME_CHUNKS = 4
 
 
 def _sigmoid_from_tanh(tanh_half_x):
@@ -69,6 +74,7 @@ class Cell(NamedTuple):
   step: Callable
   lstm_carry: bool = False  # carry (c, h) rather than h
   gru_bias: bool = False    # the GRU's extra bias bn inside r·(U_n·h + bn)
+  sums_inputs: bool = True  # step reads W·x_t + b and U·h_{t-1} only through their sum: both have one gradient
 
   def zero_carry(self, batch: int, features: int):
     h_BxH = jnp.zeros((batch, features), jnp.float32)
@@ -80,7 +86,8 @@ class Cell(NamedTuple):
 
 # Same equations and parameter counts as flax's SimpleCell/OptimizedLSTMCell/GRUCell, with the input weights of all
 # gates in one matrix W [I, gates·H] so that W·x for every time step is one matmul before the recurrence.
-CELLS = {'rnn': Cell(1, _elman), 'lstm': Cell(4, _lstm, lstm_carry=True), 'gru': Cell(3, _gru, gru_bias=True)}
+CELLS = {'rnn': Cell(1, _elman), 'lstm': Cell(4, _lstm, lstm_carry=True),
+         'gru': Cell(3, _gru, gru_bias=True, sums_inputs=False)}
 
 
 def _blockwise_orthogonal(gates: int):
@@ -165,11 +172,14 @@ def _recur_bwd(cell, dtype, reverse, residuals, cotangents):
     _, hidden_vjp = jax.vjp(cell.hidden, carry)
     (dhidden,) = hidden_vjp(jnp.dot(dhu_BxG.astype(dtype), ut_GxH, preferred_element_type=jnp.float32))
     dcarry = _reset(jax.tree.map(jnp.add, dcarry, dhidden), start_B)
-    return dcarry, (dxw_BxG, dbn_H, dhu_BxG)
+    # When the cell sums W·x and U·h, d(W·x) = d(U·h): one [B, gates·H] output per step instead of two.
+    return dcarry, (None if cell.sums_inputs else dxw_BxG, dbn_H, dhu_BxG)
 
   dcarry, (dxw_TxBxG, dbn_TxH, dhu_TxBxG) = jax.lax.scan(
       step, dcarry, (carries, hu_TxBxG, xw_TxBxG, real_TxB, start_TxB, dy_TxBxH), reverse=not reverse,
       unroll=UNROLL)
+  if cell.sums_inputs:
+    dxw_TxBxG = dhu_TxBxG
   du_HxG = jnp.einsum('tbh,tbg->hg', cell.hidden(carries).astype(dtype), dhu_TxBxG.astype(dtype),
                       preferred_element_type=jnp.float32)
   return du_HxG, dbn_TxH.sum(axis=0), dcarry, dxw_TxBxG, None, None
@@ -182,7 +192,8 @@ class Recurrence(nn.Module):
   """One direction of one layer, `[B, T, I]` → `[B, T, H]`; with `decode` the state carries over in 'cache'.
 
   The state resets to zero at a document start and stays unchanged at padding. The input projection W·x_t + b of
-  all T steps is one `[B·T, I] × [I, gates·H]` matmul; only U·h_{t-1} stays inside the scan (as cuDNN and torch).
+  the steps of a time chunk (`TIME_CHUNKS`) is one `[T·B, I] × [I, gates·H]` matmul; only U·h_{t-1} stays inside the
+  scan (as cuDNN and torch). The recurrence works time-major: x is transposed once, not the 4x wider W·x.
   """
   cell: str
   features: int
@@ -196,16 +207,29 @@ class Recurrence(nn.Module):
     u_HxG = self.param('U', _blockwise_orthogonal(cell.gates), (h, cell.gates * h), jnp.float32)
     b_G = self.param('b', nn.initializers.zeros, (cell.gates * h,), jnp.float32)
     bn_H = self.param('bn', nn.initializers.zeros, (h,), jnp.float32) if cell.gru_bias else jnp.zeros((h,))
-    xw_BxTxG = layers.add_bias(jnp.einsum('bti,ig->btg', x_BxTxI.astype(self.dtype), w_IxG.astype(self.dtype),
-                                          preferred_element_type=jnp.float32), b_G)
     zero_carry = cell.zero_carry(x_BxTxI.shape[0], h)
     state = self.variable('cache', 'state', lambda: zero_carry) if decode else None
-    time_major = lambda a: jnp.swapaxes(a, 0, 1)
-    carry, y_TxBxH = recur(cell, self.dtype, self.reverse, u_HxG, bn_H, zero_carry if state is None else state.value,
-                           time_major(xw_BxTxG), time_major(real_BxT), time_major(starts_BxT))
+    carry = zero_carry if state is None else state.value
+    x_TxBxI = jnp.swapaxes(x_BxTxI, 0, 1).astype(self.dtype)
+    real_TxB, starts_TxB = real_BxT.T, starts_BxT.T
+    y_chunks = {}
+    for start, end in _time_chunks(x_TxBxI.shape[0], self.reverse):
+      xw_TxBxG = layers.add_bias(jnp.einsum('tbi,ig->tbg', x_TxBxI[start:end], w_IxG.astype(self.dtype),
+                                            preferred_element_type=jnp.float32), b_G)
+      carry, y_chunks[start] = recur(cell, self.dtype, self.reverse, u_HxG, bn_H, carry, xw_TxBxG,
+                                     real_TxB[start:end], starts_TxB[start:end])
+    y_TxBxH = jnp.concatenate([y_chunks[start] for start in sorted(y_chunks)], axis=0)
     if state is not None:
       state.value = carry
-    return time_major(y_TxBxH).astype(self.dtype)
+    return jnp.swapaxes(y_TxBxH, 0, 1).astype(self.dtype)
+
+
+def _time_chunks(steps: int, reverse: bool) -> list[tuple[int, int]]:
+  """[(start, end)] of `TIME_CHUNKS` near-equal spans of `steps`, in the order the recurrence visits them."""
+  chunks = max(1, min(TIME_CHUNKS, steps))
+  edges = [steps * i // chunks for i in range(chunks + 1)]
+  spans = list(zip(edges[:-1], edges[1:]))
+  return spans[::-1] if reverse else spans
 
 
 class RNN(nn.Module):
