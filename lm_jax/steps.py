@@ -96,16 +96,27 @@ def _collectives(mesh):
   return jax.lax.pmean, jax.lax.psum
 
 
-def make_train_step(model, optimizer, mesh, grad_accum_steps, *, skip_nonfinite=False):
-  """A jitted `(state, batch) -> (state, metrics)`; batch sharded over 'data', state replicated.
+def norm_metrics(grads, params, new_params) -> dict:
+  """The global norms of the gradient, the params entering the step and the update (new − old params, the update
+  as applied), and the gradient norm per parameter group."""
+  return {'grad_norm': optax.tree.norm(grads), 'param_norm': optax.tree.norm(params),
+          'update_norm': optax.tree.norm(jax.tree.map(jnp.subtract, new_params, params)),
+          'grad_norms': group_norms(grads)}
 
+
+def make_train_step(model, optimizer, mesh, grad_accum_steps, *, skip_nonfinite=False):
+  """A jitted `(state, batch, with_norms) -> (state, metrics)`; batch sharded over 'data', state replicated.
+
+  metrics: loss and accuracy, and `norm_metrics` when `with_norms` (a bool, traced: one compilation for both) or when
+  the loss is not finite, else NaN. Each norm is another pass over every parameter: 7 of the 44 ms of the LSTM bench
+  step on 2 cores (BENCHMARKS.md), so the train loop asks for them on the steps it logs.
   With `skip_nonfinite`, a step whose loss or gradients are not finite leaves params and optimizer state unchanged
   and reports `skipped` 1.
   """
 
   pmean, psum = _collectives(mesh)
 
-  def replica_step(state, batch):
+  def replica_step(state, batch, with_norms):
     rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), jax.lax.axis_index('data'))
     # Each replica sums its losses and divides by the mean weight per replica: pmean over replicas (and the sum over
     # micro-batches) then gives the gradient of the mean loss over the whole global batch.
@@ -132,18 +143,20 @@ def make_train_step(model, optimizer, mesh, grad_accum_steps, *, skip_nonfinite=
     sums = psum(sums, 'data')
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    grad_norm = optax.tree.norm(grads)
-    metrics = {'loss': sums['loss'] / sums['count'], 'accuracy': sums['correct'] / sums['count'],
-               'grad_norm': grad_norm, 'param_norm': optax.tree.norm(state.params),
-               'update_norm': optax.tree.norm(updates), 'grad_norms': group_norms(grads)}
+    metrics = {'loss': sums['loss'] / sums['count'], 'accuracy': sums['correct'] / sums['count']}
     if skip_nonfinite:
-      finite = jnp.isfinite(sums['loss']) & jnp.isfinite(grad_norm)
+      finite = jnp.isfinite(sums['loss']) & jnp.isfinite(optax.tree.norm(grads))
       params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), (params, opt_state),
                                        (state.params, state.opt_state))
       metrics['skipped'] = 1.0 - finite.astype(jnp.float32)
+    not_computed = lambda *args: jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype),
+                                              jax.eval_shape(norm_metrics, *args))
+    metrics.update(jax.lax.cond(with_norms | ~jnp.isfinite(metrics['loss']), norm_metrics, not_computed,
+                                grads, state.params, params))
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
-  step = jax.shard_map(replica_step, mesh=mesh, in_specs=(P(), P('data')), out_specs=(P(), P()), check_vma=False)
+  step = jax.shard_map(replica_step, mesh=mesh, in_specs=(P(), P('data'), P()), out_specs=(P(), P()),
+                       check_vma=False)
   return jax.jit(step, donate_argnums=0)
 
 

@@ -300,10 +300,15 @@ def check_finite(fetched: list[dict], last_step: int, run: Run) -> None:
         f'stays in {run.workdir}; config.train.skip_nonfinite_steps=True skips such steps instead.')
 
 
+NORMS = ('grad_norm', 'param_norm', 'update_norm')  # computed only on the steps that log (steps.make_train_step)
+
+
 def summarize_window(window: list[dict]) -> dict[str, float]:
-  """Means of the step metrics since the last log line; skipped (non-finite) steps are counted, not averaged."""
+  """Means of the step metrics since the last log line, and the norms of its last step (the one that logs, the only
+  one that computed them); skipped (non-finite) steps are counted, not averaged."""
   kept = [m for m in window if not m.get('skipped')] or window
-  summary = {k: float(np.mean([m[k] for m in kept])) for k in window[0]}
+  summary = {k: float(np.mean([m[k] for m in kept])) for k in window[0] if k not in NORMS}
+  summary.update({k: window[-1][k] for k in NORMS if k in window[-1]})
   if 'skipped' in summary:
     summary['skipped'] = float(sum(m['skipped'] for m in window))
   return summary
@@ -328,10 +333,10 @@ def train_loop(run: Run, train_iter, writer, log_window: list[dict], signals: St
   pending, timer_start, timer_step = [], time.perf_counter(), step
   val_metrics = None
   while step < total:
-    state, step_metrics = train_step(state, to_global(next(train_iter), run.mesh))
+    at_log = due(step + 1, config.train.log_every_steps, total)
+    state, step_metrics = train_step(state, to_global(next(train_iter), run.mesh), at_log)  # norms when logged
     step += 1
     pending.append(step_metrics)
-    at_log = due(step, config.train.log_every_steps, total)
     at_eval = due(step, config.train.eval_every_steps, total)
     stop = signals.received   # read once: a signal arriving later is handled after the next step
     at_ckpt = due(step, config.train.checkpoint_every_steps, total) or stop

@@ -132,7 +132,7 @@ class TrainLossTest(chex.TestCase):
                              rng=jax.random.key(1))
     batch = lm_batch(2, batch=4)
     with mock.patch.object(losses, 'fused_head_cross_entropy', wraps=losses.fused_head_cross_entropy) as fused:
-      jax.eval_shape(steps.make_train_step(module, optimizer, mesh, 1), state, batch)
+      jax.eval_shape(steps.make_train_step(module, optimizer, mesh, 1), state, batch, False)
       self.assertEqual(fused.call_count, 1)
       jax.eval_shape(steps.make_eval_step(module, mesh, None), params, batch)
       self.assertEqual(fused.call_count, 2)

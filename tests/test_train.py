@@ -72,10 +72,10 @@ def poisoned_train_step(from_step, until_step=None):
   def make(*args, **kwargs):
     step_fn = real_make_train_step(*args, **kwargs)
 
-    def poisoned(state, batch):
+    def poisoned(state, batch, with_norms):
       if from_step <= int(state.step) < (until_step or 1 << 30):
         batch = {**batch, 'weights': batch['weights'] * np.nan}
-      return step_fn(state, batch)
+      return step_fn(state, batch, with_norms)
     return poisoned
   return make
 
