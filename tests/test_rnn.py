@@ -101,25 +101,32 @@ class RNNTest(chex.TestCase):
 
   @parameterized.product(name=('rnn', 'lstm', 'gru'), reverse=(False, True))
   def test_hand_split_backward_equals_autodiff(self, name, reverse):
-    cell, (t, b, h) = rnn.CELLS[name], (6, 3, 4)
-    keys = jax.random.split(jax.random.key(10), 4)
+    cell, (t, b, i, h) = rnn.CELLS[name], (6, 3, 5, 4)
+    keys = jax.random.split(jax.random.key(10), 6)
+    w = jax.random.normal(keys[4], (i, cell.gates * h)) * 0.5
+    bias = jax.random.normal(keys[5], (cell.gates * h,))
     u = jax.random.normal(keys[0], (h, cell.gates * h)) * 0.5
     bn = jax.random.normal(keys[1], (h,))
     carry = jax.tree.map(lambda c: c + jax.random.normal(keys[2], c.shape), cell.zero_carry(b, h))
-    xw = jax.random.normal(keys[3], (t, b, cell.gates * h))
+    x = jax.random.normal(keys[3], (t, b, i))
     real = jnp.asarray(np.random.default_rng(11).random((t, b)) < 0.8)
     start = jnp.zeros((t, b), bool).at[3, 0].set(True)
     weights = jax.random.normal(jax.random.key(12), (t, b, h))
 
-    def loss(run, u, bn, carry, xw):
-      final, y = run(cell, jnp.float32, reverse, u, bn, carry, xw, real, start)
+    def loss(run, *args):
+      final, y = run(cell, jnp.float32, reverse, *args, real, start)
       return jnp.sum(y * weights) + sum(jnp.sum(c ** 2) for c in jax.tree.leaves(final))
 
-    autodiff = lambda *args: rnn._scan_forward(*args)[:2]  # pylint: disable=protected-access
-    expected = jax.grad(functools.partial(loss, autodiff), argnums=(0, 1, 2, 3))(u, bn, carry, xw)
-    got = jax.jit(jax.grad(functools.partial(loss, rnn.recur), argnums=(0, 1, 2, 3)))(u, bn, carry, xw)
+    def autodiff(cell, dtype, reverse, w, bias, u, bn, carry, x, real, start):
+      xw = rnn.project(dtype, w, bias, x)
+      return rnn._scan_forward(cell, dtype, reverse, u, bn, carry, xw, real, start)[:2]  # pylint: disable=protected-access
+
+    args, argnums = (w, bias, u, bn, carry, x), (0, 1, 2, 3, 4, 5)
+    expected = jax.grad(functools.partial(loss, autodiff), argnums=argnums)(*args)
+    got = jax.jit(jax.grad(functools.partial(loss, rnn.recur), argnums=argnums))(*args)
     chex.assert_trees_all_close(got, expected, atol=1e-5, rtol=1e-5)
-    self.assertGreater(float(jnp.abs(got[0]).max()), 1e-3)
+    for grad in got[:3]:  # dW, db, dU
+      self.assertGreater(float(jnp.abs(grad).max()), 1e-3)
 
   @parameterized.product(name=('rnn', 'lstm', 'gru'), reverse=(False, True))
   def test_time_chunks_change_neither_outputs_nor_gradients(self, name, reverse):

@@ -140,29 +140,43 @@ def _scan_forward(cell, dtype, reverse, u_HxG, bn_H, carry, xw_TxBxG, real_TxB, 
   return carry, y_TxBxH, saved
 
 
+def project(dtype, w_IxG, b_G, x_TxBxI):
+  """The input projection W·x_t + b of every step, float32 `[T, B, gates·H]`: one matmul."""
+  return layers.add_bias(jnp.einsum('tbi,ig->tbg', x_TxBxI.astype(dtype), w_IxG.astype(dtype),
+                                    preferred_element_type=jnp.float32), b_G)
+
+
+def _materialized_transpose(a_MxN):
+  """aᵀ as its own array: XLA:CPU folds a transpose into a matmul as a transposed operand, ~2x slower there."""
+  return jax.lax.optimization_barrier(a_MxN.T)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def recur(cell, dtype, reverse, u_HxG, bn_H, carry, xw_TxBxG, real_TxB, start_TxB):
-  """The recurrence over time-major inputs → (final carry, h_t `[T, B, H]`), with a hand-split backward pass.
+def recur(cell, dtype, reverse, w_IxG, b_G, u_HxG, bn_H, carry, x_TxBxI, real_TxB, start_TxB):
+  """The input projection and the recurrence over time-major inputs → (final carry, h_t `[T, B, H]`), with a
+  hand-split backward pass.
 
   Autodiff of a scan accumulates dU = Σ_t h_{t-1}ᵀ·d(U·h)_t inside the backward loop: a [B]-deep outer product
   per step that made the LSTM's backward ~10x its forward on CPU. Here the forward saves U·h_{t-1}, the backward
-  loop carries only the state's cotangent and emits d(U·h)_t, and dU is one `[H, T·B] × [T·B, gates·H]` matmul
-  after it: one matmul per step in each direction.
+  loop carries only the state's cotangent and emits d(U·h)_t, and the weight gradients are matmuls after it: one
+  matmul per step in each direction. dW and dU are one `[I + H, T·B] × [T·B, gates·H]` matmul when the cell sums
+  W·x and U·h (their gradients are then equal).
   """
-  carry, y_TxBxH, _ = _scan_forward(cell, dtype, reverse, u_HxG, bn_H, carry, xw_TxBxG, real_TxB, start_TxB)
+  carry, y_TxBxH, _ = _scan_forward(cell, dtype, reverse, u_HxG, bn_H, carry, project(dtype, w_IxG, b_G, x_TxBxI),
+                                    real_TxB, start_TxB)
   return carry, y_TxBxH
 
 
-def _recur_fwd(cell, dtype, reverse, u_HxG, bn_H, carry, xw_TxBxG, real_TxB, start_TxB):
+def _recur_fwd(cell, dtype, reverse, w_IxG, b_G, u_HxG, bn_H, carry, x_TxBxI, real_TxB, start_TxB):
+  xw_TxBxG = project(dtype, w_IxG, b_G, x_TxBxI)
   carry, y_TxBxH, saved = _scan_forward(cell, dtype, reverse, u_HxG, bn_H, carry, xw_TxBxG, real_TxB, start_TxB)
-  return (carry, y_TxBxH), (u_HxG, bn_H, saved, xw_TxBxG, real_TxB, start_TxB)
+  return (carry, y_TxBxH), (w_IxG, u_HxG, bn_H, saved, xw_TxBxG, x_TxBxI, real_TxB, start_TxB)
 
 
 def _recur_bwd(cell, dtype, reverse, residuals, cotangents):
-  u_HxG, bn_H, (carries, hu_TxBxG), xw_TxBxG, real_TxB, start_TxB = residuals
+  w_IxG, u_HxG, bn_H, (carries, hu_TxBxG), xw_TxBxG, x_TxBxI, real_TxB, start_TxB = residuals
   dcarry, dy_TxBxH = cotangents
-  # Uᵀ materialized once: folded into the loop's matmul as a transposed operand, it ran 2x slower on CPU.
-  ut_GxH = jax.lax.optimization_barrier(u_HxG.T.astype(dtype))
+  ut_GxH = _materialized_transpose(u_HxG.astype(dtype))  # once, for the loop's matmul (2x slower folded in)
 
   def step(dcarry, inputs):
     carry, hu_BxG, xw_BxG, real_B, start_B, dy_BxH = inputs
@@ -178,11 +192,19 @@ def _recur_bwd(cell, dtype, reverse, residuals, cotangents):
   dcarry, (dxw_TxBxG, dbn_TxH, dhu_TxBxG) = jax.lax.scan(
       step, dcarry, (carries, hu_TxBxG, xw_TxBxG, real_TxB, start_TxB, dy_TxBxH), reverse=not reverse,
       unroll=UNROLL)
+  steps, batch, inputs = x_TxBxI.shape
+  flat = lambda a: a.reshape(steps * batch, a.shape[-1]).astype(dtype)
+  x_NxI, h_NxH, dhu_NxG = flat(x_TxBxI), flat(cell.hidden(carries)), flat(dhu_TxBxG)
+  dxw_NxG = dhu_NxG if cell.sums_inputs else flat(dxw_TxBxG)
+  matmul = lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32)
   if cell.sums_inputs:
-    dxw_TxBxG = dhu_TxBxG
-  du_HxG = jnp.einsum('tbh,tbg->hg', cell.hidden(carries).astype(dtype), dhu_TxBxG.astype(dtype),
-                      preferred_element_type=jnp.float32)
-  return du_HxG, dbn_TxH.sum(axis=0), dcarry, dxw_TxBxG, None, None
+    dwu_FxG = matmul(_materialized_transpose(jnp.concatenate([x_NxI, h_NxH], axis=1)), dhu_NxG)
+    dw_IxG, du_HxG = dwu_FxG[:inputs], dwu_FxG[inputs:]
+  else:
+    dw_IxG, du_HxG = matmul(_materialized_transpose(x_NxI), dxw_NxG), matmul(_materialized_transpose(h_NxH), dhu_NxG)
+  dx_TxBxI = matmul(dxw_NxG, _materialized_transpose(w_IxG.astype(dtype))).reshape(x_TxBxI.shape)
+  db_G = jnp.sum(dxw_NxG.astype(jnp.float32), axis=0)
+  return dw_IxG, db_G, du_HxG, dbn_TxH.sum(axis=0), dcarry, dx_TxBxI.astype(x_TxBxI.dtype), None, None
 
 
 recur.defvjp(_recur_fwd, _recur_bwd)
@@ -214,10 +236,8 @@ class Recurrence(nn.Module):
     real_TxB, starts_TxB = real_BxT.T, starts_BxT.T
     y_chunks = {}
     for start, end in _time_chunks(x_TxBxI.shape[0], self.reverse):
-      xw_TxBxG = layers.add_bias(jnp.einsum('tbi,ig->tbg', x_TxBxI[start:end], w_IxG.astype(self.dtype),
-                                            preferred_element_type=jnp.float32), b_G)
-      carry, y_chunks[start] = recur(cell, self.dtype, self.reverse, u_HxG, bn_H, carry, xw_TxBxG,
-                                     real_TxB[start:end], starts_TxB[start:end])
+      carry, y_chunks[start] = recur(cell, self.dtype, self.reverse, w_IxG, b_G, u_HxG, bn_H, carry,
+                                     x_TxBxI[start:end], real_TxB[start:end], starts_TxB[start:end])
     y_TxBxH = jnp.concatenate([y_chunks[start] for start in sorted(y_chunks)], axis=0)
     if state is not None:
       state.value = carry
