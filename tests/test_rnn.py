@@ -129,8 +129,9 @@ class RNNTest(chex.TestCase):
       self.assertGreater(float(jnp.abs(grad).max()), 1e-3)
 
   @parameterized.product(name=('rnn', 'lstm', 'gru'), reverse=(False, True))
-  def test_time_chunks_change_neither_outputs_nor_gradients(self, name, reverse):
-    """The recurrence in 4 chunks of time (2, 2, 2, 3 steps), as one: outputs and the gradients of W, U, b and x."""
+  def test_time_chunks_and_batch_parts_change_neither_outputs_nor_gradients(self, name, reverse):
+    """The recurrence in 4 chunks of time (2, 2, 2, 3 steps) and 2 parts of the batch (1 and 2 rows) in its forward
+    scan, as one: outputs and the gradients of W, U, b and x."""
     x_BxTxI = jax.random.normal(jax.random.key(13), (3, 9, 5))
     real_BxT = jnp.asarray(np.random.default_rng(14).random((3, 9)) < 0.8)
     starts_BxT = jnp.zeros((3, 9), bool).at[1, 5].set(True)
@@ -138,14 +139,15 @@ class RNNTest(chex.TestCase):
     recurrence = rnn.Recurrence(name, HIDDEN, reverse=reverse, dtype=jnp.float32)
     params = recurrence.init(jax.random.key(16), x_BxTxI, real_BxT, starts_BxT, False)['params']
 
-    @functools.partial(jax.jit, static_argnums=0)
-    def outputs_and_grads(chunks):
+    @functools.partial(jax.jit, static_argnums=(0, 1))
+    def outputs_and_grads(chunks, parts):
       apply = lambda p, x: recurrence.apply({'params': p}, x, real_BxT, starts_BxT, False)
-      with mock.patch.object(rnn, 'TIME_CHUNKS', chunks):  # read while tracing; `chunks` keys the jit cache
+      # Read while tracing; the static arguments key the jit cache.
+      with mock.patch.object(rnn, 'TIME_CHUNKS', chunks), mock.patch.object(rnn, 'BATCH_PARTS', parts):
         return apply(params, x_BxTxI), jax.grad(lambda p, x: jnp.sum(apply(p, x) * weights), argnums=(0, 1))(
             params, x_BxTxI)
 
-    whole, chunked = outputs_and_grads(1), outputs_and_grads(4)
+    whole, chunked = outputs_and_grads(1, 1), outputs_and_grads(4, 2)
     self.assertEqual(rnn._time_chunks(9, reverse),  # pylint: disable=protected-access
                      [(6, 9), (4, 6), (2, 4), (0, 2)] if reverse else [(0, 2), (2, 4), (4, 6), (6, 9)])
     chex.assert_trees_all_close(chunked, whole, atol=1e-5, rtol=1e-5)
