@@ -26,10 +26,12 @@ UNROLL = 1
 # large matmuls of one chunk run on the other core while the recurrence of the next chunk runs (LSTM bench step on
 # 2 cores 0.049 → 0.042 s with 4; BENCHMARKS.md).
 TIME_CHUNKS = 4
-# Each time step of the forward scan runs the batch as this many independent slices: separate matmuls and gate ops
-# in one loop body, which XLA:CPU runs on separate cores (two whole loops would run one after the other), and the
-# M = 16 recurrent matmul costs twice the M = 8 one. LSTM bench step 0.036 → 0.033 s with 2. Not in the backward
-# scan, where the other core runs the previous time chunk's matmuls: it was slower there (0.035 s).
+# When training, each time step of the forward scan runs the batch as this many independent slices: separate
+# matmuls and gate ops in one loop body, which XLA:CPU runs on separate cores (two whole loops would run one after
+# the other), and the M = 16 recurrent matmul costs twice the M = 8 one. LSTM bench step 0.036 → 0.033 s with 2.
+# Measured slower elsewhere, so not used there: in the backward scan, where the other core runs the previous time
+# chunk's matmuls (0.035 s), and in the forward without the saved residuals (inference: 7.5 → 11.5 ms), where the
+# loop body was short enough that handing half of it to another thread cost more than it saved.
 BATCH_PARTS = 2
 
 
@@ -131,21 +133,21 @@ def _update(cell: Cell, bn_H, carry, xw_BxG, hu_BxG, real_B):
   return jax.tree.map(lambda new, old: jnp.where(real_B[:, None], new, old), new_carry, carry), y_BxH
 
 
-def _in_batch_parts(step):
-  """A scan step `(carry, inputs) -> (carry, outputs)` run on `BATCH_PARTS` slices of the batch (axis 0 of every
-  leaf), its results concatenated."""
+def _in_batch_parts(step, parts: int):
+  """A scan step `(carry, inputs) -> (carry, outputs)` run on `parts` slices of the batch (axis 0 of every leaf),
+  its results concatenated."""
   def parts_step(carry, inputs):
     batch = jax.tree.leaves(carry)[0].shape[0]
-    parts = min(BATCH_PARTS, batch)
-    part = lambda tree, k: jax.tree.map(lambda a: a[k * batch // parts:(k + 1) * batch // parts], tree)
-    results = [step(part(carry, k), part(inputs, k)) for k in range(parts)]
+    n = min(parts, batch)
+    part = lambda tree, k: jax.tree.map(lambda a: a[k * batch // n:(k + 1) * batch // n], tree)
+    results = [step(part(carry, k), part(inputs, k)) for k in range(n)]
     return jax.tree.map(lambda *slices: jnp.concatenate(slices, axis=0), *results)
   return parts_step
 
 
-def _scan_forward(cell, dtype, reverse, u_HxG, bn_H, carry, xw_TxBxG, real_TxB, start_TxB):
+def _scan_forward(cell, dtype, reverse, u_HxG, bn_H, carry, xw_TxBxG, real_TxB, start_TxB, batch_parts=1):
   """(final carry, outputs h_t `[T, B, H]`, (the reset carry entering each step, U·h_{t-1} of each step))."""
-  @_in_batch_parts
+  @functools.partial(_in_batch_parts, parts=batch_parts)
   def step(carry, inputs):
     xw_BxG, real_B, start_B = inputs
     carry = _reset(carry, start_B)
@@ -187,7 +189,8 @@ def recur(cell, dtype, reverse, w_IxG, b_G, u_HxG, bn_H, carry, x_TxBxI, real_Tx
 
 def _recur_fwd(cell, dtype, reverse, w_IxG, b_G, u_HxG, bn_H, carry, x_TxBxI, real_TxB, start_TxB):
   xw_TxBxG = project(dtype, w_IxG, b_G, x_TxBxI)
-  carry, y_TxBxH, saved = _scan_forward(cell, dtype, reverse, u_HxG, bn_H, carry, xw_TxBxG, real_TxB, start_TxB)
+  carry, y_TxBxH, saved = _scan_forward(cell, dtype, reverse, u_HxG, bn_H, carry, xw_TxBxG, real_TxB, start_TxB,
+                                        batch_parts=BATCH_PARTS)
   return (carry, y_TxBxH), (w_IxG, u_HxG, bn_H, saved, xw_TxBxG, x_TxBxI, real_TxB, start_TxB)
 
 
