@@ -213,14 +213,14 @@ def _recur_bwd(cell, dtype, reverse, residuals, cotangents):
   dcarry, (dxw_TxBxG, dbn_TxH, dhu_TxBxG) = jax.lax.scan(
       step, dcarry, (carries, hu_TxBxG, xw_TxBxG, real_TxB, start_TxB, dy_TxBxH), reverse=not reverse,
       unroll=UNROLL)
-  steps, batch, inputs = x_TxBxI.shape
+  steps, batch, input_features = x_TxBxI.shape
   flat = lambda a: a.reshape(steps * batch, a.shape[-1]).astype(dtype)
   x_NxI, h_NxH, dhu_NxG = flat(x_TxBxI), flat(cell.hidden(carries)), flat(dhu_TxBxG)
   dxw_NxG = dhu_NxG if cell.sums_inputs else flat(dxw_TxBxG)
   matmul = lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32)
   if cell.sums_inputs:
     dwu_FxG = matmul(_materialized_transpose(jnp.concatenate([x_NxI, h_NxH], axis=1)), dhu_NxG)
-    dw_IxG, du_HxG = dwu_FxG[:inputs], dwu_FxG[inputs:]
+    dw_IxG, du_HxG = dwu_FxG[:input_features], dwu_FxG[input_features:]
   else:
     dw_IxG, du_HxG = matmul(_materialized_transpose(x_NxI), dxw_NxG), matmul(_materialized_transpose(h_NxH), dhu_NxG)
   dx_TxBxI = matmul(dxw_NxG, _materialized_transpose(w_IxG.astype(dtype))).reshape(x_TxBxI.shape)
