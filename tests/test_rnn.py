@@ -117,9 +117,10 @@ class RNNTest(chex.TestCase):
       final, y = run(cell, jnp.float32, reverse, *args, real, start)
       return jnp.sum(y * weights) + sum(jnp.sum(c ** 2) for c in jax.tree.leaves(final))
 
+    scan_forward = rnn._scan_forward  # pylint: disable=protected-access
+
     def autodiff(cell, dtype, reverse, w, bias, u, bn, carry, x, real, start):
-      xw = rnn.project(dtype, w, bias, x)
-      return rnn._scan_forward(cell, dtype, reverse, u, bn, carry, xw, real, start)[:2]  # pylint: disable=protected-access
+      return scan_forward(cell, dtype, reverse, u, bn, carry, rnn.project(dtype, w, bias, x), real, start)[:2]
 
     args, argnums = (w, bias, u, bn, carry, x), (0, 1, 2, 3, 4, 5)
     expected = jax.grad(functools.partial(loss, autodiff), argnums=argnums)(*args)
