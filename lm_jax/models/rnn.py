@@ -224,7 +224,7 @@ def _recur_bwd(cell, dtype, reverse, residuals, cotangents):
   else:
     dw_IxG, du_HxG = matmul(_materialized_transpose(x_NxI), dxw_NxG), matmul(_materialized_transpose(h_NxH), dhu_NxG)
   dx_TxBxI = matmul(dxw_NxG, _materialized_transpose(w_IxG.astype(dtype))).reshape(x_TxBxI.shape)
-  db_G = jnp.sum(dxw_NxG.astype(jnp.float32), axis=0)
+  db_G = jnp.sum(dhu_TxBxG if cell.sums_inputs else dxw_TxBxG, axis=(0, 1))  # float32, before any bfloat16 cast
   return dw_IxG, db_G, du_HxG, dbn_TxH.sum(axis=0), dcarry, dx_TxBxI.astype(x_TxBxI.dtype), None, None
 
 
