@@ -96,6 +96,11 @@ def _collectives(mesh):
   return jax.lax.pmean, jax.lax.psum
 
 
+# The scalar norms of `norm_metrics`: the train step computes them only when asked, so the loop logs the logged
+# step's rather than a mean over the window.
+NORMS = ('grad_norm', 'param_norm', 'update_norm')
+
+
 def norm_metrics(grads, params, new_params) -> dict:
   """The global norms of the gradient, the params entering the step and the update (new − old params, the update
   as applied), and the gradient norm per parameter group."""

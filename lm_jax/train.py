@@ -300,15 +300,12 @@ def check_finite(fetched: list[dict], last_step: int, run: Run) -> None:
         f'stays in {run.workdir}; config.train.skip_nonfinite_steps=True skips such steps instead.')
 
 
-NORMS = ('grad_norm', 'param_norm', 'update_norm')  # computed only on the steps that log (steps.make_train_step)
-
-
 def summarize_window(window: list[dict]) -> dict[str, float]:
   """Means of the step metrics since the last log line, and the norms of its last step (the one that logs, the only
   one that computed them); skipped (non-finite) steps are counted, not averaged."""
   kept = [m for m in window if not m.get('skipped')] or window
-  summary = {k: float(np.mean([m[k] for m in kept])) for k in window[0] if k not in NORMS}
-  summary.update({k: window[-1][k] for k in NORMS if k in window[-1]})
+  summary = {k: float(np.mean([m[k] for m in kept])) for k in window[0] if k not in steps.NORMS}
+  summary.update({k: window[-1][k] for k in steps.NORMS if k in window[-1]})
   if 'skipped' in summary:
     summary['skipped'] = float(sum(m['skipped'] for m in window))
   return summary
