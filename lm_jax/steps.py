@@ -96,25 +96,30 @@ def _collectives(mesh):
   return jax.lax.pmean, jax.lax.psum
 
 
-# The scalar norms of `norm_metrics`: the train step computes them only when asked, so the loop logs the logged
-# step's rather than a mean over the window.
+# The scalar norms of the log line: the train step computes the gradient's (`grad_norms`) only when asked, and the
+# loop the params' and the update's (`param_norms`) on the steps it logs.
 NORMS = ('grad_norm', 'param_norm', 'update_norm')
 
 
-def norm_metrics(grads, params, new_params) -> dict:
-  """The global norms of the gradient, the params entering the step and the update (new − old params, the update
-  as applied), and the gradient norm per parameter group."""
-  return {'grad_norm': optax.tree.norm(grads), 'param_norm': optax.tree.norm(params),
-          'update_norm': optax.tree.norm(jax.tree.map(jnp.subtract, new_params, params)),
-          'grad_norms': group_norms(grads)}
+def grad_norms(grads) -> dict:
+  """The global gradient norm and the norm per parameter group."""
+  return {'grad_norm': optax.tree.norm(grads), 'grad_norms': group_norms(grads)}
+
+
+@jax.jit
+def param_norms(params, new_params) -> dict:
+  """The global norms of the params entering a step and of its update (new − old params, the update as applied)."""
+  return {'param_norm': optax.tree.norm(params),
+          'update_norm': optax.tree.norm(jax.tree.map(jnp.subtract, new_params, params))}
 
 
 def make_train_step(model, optimizer, mesh, grad_accum_steps, *, skip_nonfinite=False):
   """A jitted `(state, batch, with_norms) -> (state, metrics)`; batch sharded over 'data', state replicated.
 
-  metrics: loss and accuracy, and `norm_metrics` when `with_norms` (a bool, traced: one compilation for both) or when
-  the loss is not finite, else NaN. Each norm is another pass over every parameter: 7 of the 44 ms of the LSTM bench
-  step on 2 cores (BENCHMARKS.md), so the train loop asks for them on the steps it logs.
+  metrics: loss and accuracy, and `grad_norms` when `with_norms` (a bool, traced: one compilation for both) or when
+  the loss is not finite (to name the groups that went bad), else NaN. They read only the gradients: a norm of the
+  params entering the step would keep a copy of each donated param alive through the update, 3 of the 33 ms of the
+  LSTM bench step (BENCHMARKS.md); the loop takes `param_norms` outside the step on the steps it logs.
   With `skip_nonfinite`, a step whose loss or gradients are not finite leaves params and optimizer state unchanged
   and reports `skipped` 1.
   """
@@ -154,10 +159,9 @@ def make_train_step(model, optimizer, mesh, grad_accum_steps, *, skip_nonfinite=
       params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), (params, opt_state),
                                        (state.params, state.opt_state))
       metrics['skipped'] = 1.0 - finite.astype(jnp.float32)
-    not_computed = lambda *args: jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype),
-                                              jax.eval_shape(norm_metrics, *args))
-    metrics.update(jax.lax.cond(with_norms | ~jnp.isfinite(metrics['loss']), norm_metrics, not_computed,
-                                grads, state.params, params))
+    not_computed = lambda g: jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype),
+                                          jax.eval_shape(grad_norms, g))
+    metrics.update(jax.lax.cond(with_norms | ~jnp.isfinite(metrics['loss']), grad_norms, not_computed, grads))
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   step = jax.shard_map(replica_step, mesh=mesh, in_specs=(P(), P('data'), P()), out_specs=(P(), P()),

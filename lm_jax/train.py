@@ -331,7 +331,10 @@ def train_loop(run: Run, train_iter, writer, log_window: list[dict], signals: St
   val_metrics = None
   while step < total:
     at_log = due(step + 1, config.train.log_every_steps, total)
-    state, step_metrics = train_step(state, to_global(next(train_iter), run.mesh), at_log)  # norms when logged
+    params_before = jax.tree.map(jnp.copy, state.params) if at_log else None  # the step donates state.params
+    state, step_metrics = train_step(state, to_global(next(train_iter), run.mesh), at_log)  # grad norms when logged
+    if at_log:
+      step_metrics.update(steps.param_norms(params_before, state.params))
     step += 1
     pending.append(step_metrics)
     at_eval = due(step, config.train.eval_every_steps, total)

@@ -93,6 +93,8 @@ class TrainLoopTest(chex.TestCase):
     train_losses = [l['loss'] for l in lines if l['split'] == 'train']
     self.assertLen(train_losses, 6)
     self.assertLess(train_losses[-1], 0.8 * train_losses[0])
+    for line in (l for l in lines if l['split'] == 'train'):   # the logged step's norms, from the step and the loop
+      self.assertTrue(all(np.isfinite(line[k]) and line[k] > 0 for k in ('grad_norm', 'param_norm', 'update_norm')))
     self.assertEqual([l['step'] for l in lines if l['split'] == 'validation'], [30, 60])
     self.assertEqual(set(results), {'step', 'validation'})  # mqar has no test split
     self.assertGreater(results['validation']['accuracy'], 0.1)  # chance is 1/14 (num keys for vocab 32)
