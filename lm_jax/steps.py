@@ -7,6 +7,7 @@ current JAX): one replica per device, each gets its slice of the global batch, g
 gradient all-reduce itself).
 """
 
+import functools
 import math
 from typing import Any
 
@@ -18,6 +19,7 @@ from jax.sharding import PartitionSpec as P
 
 from lm_jax import losses
 from lm_jax import models
+from lm_jax import optim
 
 # Tokens per block of the fused vocabulary head + loss (lm, mlm): the float32 logits of one block are
 # HEAD_CHUNK_TOKENS × vocab (64 MiB at 512 × 32k) instead of the whole batch's.
@@ -56,10 +58,11 @@ def loss_sums(outputs, batch, token_bytes=None):
   return sums
 
 
-def apply_for_loss(model, params, batch, **kwargs):
+def apply_for_loss(model, params, batch, perturbations=None, **kwargs):
   """The model's outputs for `loss_sums`: a vocabulary head's `HeadInputs` (fused loss), else the logits."""
   head_inputs = {'head_inputs': True} if getattr(model, 'task', None) in models.VOCABULARY_TASKS else {}
-  return model.apply({'params': params}, batch['inputs'], **model_kwargs(batch), **head_inputs, **kwargs)
+  variables = {'params': params, **({} if perturbations is None else {'perturbations': perturbations})}
+  return model.apply(variables, batch['inputs'], **model_kwargs(batch), **head_inputs, **kwargs)
 
 
 def summarize(sums, task):
@@ -113,6 +116,37 @@ def param_norms(params, new_params) -> dict:
           'update_norm': optax.tree.norm(jax.tree.map(jnp.subtract, new_params, params))}
 
 
+def _tree_get(tree, path):
+  for key in path:
+    tree = tree[key]
+  return tree
+
+
+def _tree_set(tree, path, value):
+  """A copy of nested dicts `tree` with `value` at `path`."""
+  if not path:
+    return value
+  return {**tree, path[0]: _tree_set(tree[path[0]], path[1:], value)}
+
+
+def _row_gradient_table(model, optimizer, params, lookups: int) -> tuple[str, ...] | None:
+  """The path of the table whose gradient the step gives as rows: one only looked up
+  (`models.lookup_only_table`), with fewer `lookups` per step (over all replicas, which gather theirs) than rows,
+  for `optim.make_optimizer`'s AdamW (other optimizers take dense gradients)."""
+  table = models.lookup_only_table(model) if isinstance(optimizer, optim.AdamW) else None
+  return table if table and lookups < _tree_get(params, table).shape[0] else None
+
+
+def _gathered_rows(mesh, ids, looked_up, num_rows: int) -> optim.RowGradient:
+  """The table's gradient from a replica's lookups, averaged over replicas as pmean would: every replica's lookups
+  (gathered), each over the replica count."""
+  looked_up = looked_up.astype(jnp.float32)
+  if mesh.shape['data'] > 1:
+    ids = jax.lax.all_gather(ids, 'data', tiled=True)
+    looked_up = jax.lax.all_gather(looked_up / mesh.shape['data'], 'data', tiled=True)
+  return optim.row_gradient(ids, looked_up, num_rows)
+
+
 def make_train_step(model, optimizer, mesh, grad_accum_steps, *, skip_nonfinite=False):
   """A jitted `(state, batch, with_norms) -> (state, metrics)`; batch sharded over 'data', state replicated.
 
@@ -122,46 +156,70 @@ def make_train_step(model, optimizer, mesh, grad_accum_steps, *, skip_nonfinite=
   LSTM bench step (BENCHMARKS.md); the loop takes `param_norms` outside the step on the steps it logs.
   With `skip_nonfinite`, a step whose loss or gradients are not finite leaves params and optimizer state unchanged
   and reports `skipped` 1.
+  With `optim.make_optimizer`'s AdamW, a token table that is only looked up gets its gradient as an
+  `optim.RowGradient` (`_row_gradient_table`): the gradients of the looked-up vectors, summed per id.
   """
 
   pmean, psum = _collectives(mesh)
 
   def replica_step(state, batch, with_norms):
+    table = _row_gradient_table(model, optimizer, state.params, batch['inputs'].size * mesh.shape['data'])
     rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), jax.lax.axis_index('data'))
     # Each replica sums its losses and divides by the mean weight per replica: pmean over replicas (and the sum over
     # micro-batches) then gives the gradient of the mean loss over the whole global batch.
     denominator = pmean(jnp.sum(batch['weights']), 'data')
 
-    def loss_fn(params, micro_batch, rng):
-      sums = loss_sums(apply_for_loss(model, params, micro_batch, train=True, rngs={'dropout': rng}), micro_batch)
+    def loss_fn(params, perturbations, micro_batch, rng):
+      if table:  # its gradient comes from the perturbations, as rows
+        params = _tree_set(params, table, jax.lax.stop_gradient(_tree_get(params, table)))
+      outputs = apply_for_loss(model, params, micro_batch, perturbations, train=True, rngs={'dropout': rng})
+      sums = loss_sums(outputs, micro_batch)
       return sums['loss'] / denominator, sums
 
-    grad_fn = jax.grad(loss_fn, has_aux=True)
+    def micro_step(micro_batch, rng):
+      """(grads, sums, gradients of the looked-up vectors or None) of one micro-batch."""
+      perturbations = None
+      if table:
+        _, shapes = jax.eval_shape(functools.partial(apply_for_loss, model, mutable=['perturbations'], train=True,
+                                                     rngs={'dropout': rng}), state.params, micro_batch)
+        perturbations = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes['perturbations'])
+      (grads, looked_up), sums = jax.grad(loss_fn, argnums=(0, 1), has_aux=True)(
+          state.params, perturbations, micro_batch, rng)
+      return grads, sums, looked_up
+
     if grad_accum_steps == 1:
-      grads, sums = grad_fn(state.params, batch, rng)
+      grads, sums, looked_up = micro_step(batch, rng)
     else:  # a scan over micro-batches: the memory of one micro-batch, the gradient of the whole batch
       micro_batches = jax.tree.map(lambda x: x.reshape(grad_accum_steps, -1, *x.shape[1:]), batch)
 
       def accumulate(total, inputs):
         i, micro_batch = inputs
-        return jax.tree.map(jnp.add, total, grad_fn(state.params, micro_batch, jax.random.fold_in(rng, i))), None
+        grads, sums, looked_up = micro_step(micro_batch, jax.random.fold_in(rng, i))
+        return jax.tree.map(jnp.add, total, (grads, sums)), looked_up
 
       first = jax.tree.map(lambda x: x[0], micro_batches)
-      zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, state.params, first, rng))
-      (grads, sums), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(grad_accum_steps), micro_batches))
+      zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(lambda *a: micro_step(*a)[:2], first, rng))
+      (grads, sums), looked_up = jax.lax.scan(accumulate, zeros, (jnp.arange(grad_accum_steps), micro_batches))
+      looked_up = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), looked_up)
+    if table:
+      grads = _tree_set(grads, table, None)   # zeros: its gradient is the rows below
     grads = pmean(grads, 'data')
     sums = psum(sums, 'data')
+    if table:
+      grads = _tree_set(grads, table, _gathered_rows(mesh, batch['inputs'], jax.tree.leaves(looked_up)[0],
+                                                     _tree_get(state.params, table).shape[0]))
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {'loss': sums['loss'] / sums['count'], 'accuracy': sums['correct'] / sums['count']}
     if skip_nonfinite:
-      finite = jnp.isfinite(sums['loss']) & jnp.isfinite(optax.tree.norm(grads))
+      finite = jnp.isfinite(sums['loss']) & jnp.isfinite(optax.tree.norm(optim.gradient_arrays(grads)))
       params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), (params, opt_state),
                                        (state.params, state.opt_state))
       metrics['skipped'] = 1.0 - finite.astype(jnp.float32)
     not_computed = lambda g: jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype),
                                           jax.eval_shape(grad_norms, g))
-    metrics.update(jax.lax.cond(with_norms | ~jnp.isfinite(metrics['loss']), grad_norms, not_computed, grads))
+    metrics.update(jax.lax.cond(with_norms | ~jnp.isfinite(metrics['loss']), grad_norms, not_computed,
+                                optim.gradient_arrays(grads)))
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   step = jax.shard_map(replica_step, mesh=mesh, in_specs=(P(), P('data'), P()), out_specs=(P(), P()),

@@ -1,4 +1,5 @@
-"""Schedules against closed forms; the decay mask on a real Flax model; AdamW updates against float64 NumPy."""
+"""Schedules against closed forms; the decay mask on a real Flax model; AdamW updates, from dense gradients and from
+the rows of a looked-up table, against float64 NumPy."""
 
 import functools
 import math
@@ -101,20 +102,21 @@ class DecayMaskTest(absltest.TestCase):
     })
 
 
-def _apply_updates(c, grad_scales, wrap=lambda f: f):
-  """Runs `make_optimizer(c)` on random gradients (step t scaled by grad_scales[t]); returns params, grads, result."""
-  params = _flat(_tiny_params())
+def _random_grads(params, grad_scales):
   rng = np.random.default_rng(7)
-  grads_per_step = [{k: s * rng.standard_normal(v.shape).astype(np.float32) for k, v in params.items()}
-                    for s in grad_scales]
+  return [{k: s * rng.standard_normal(v.shape).astype(np.float32) for k, v in params.items()} for s in grad_scales]
+
+
+def _apply_updates(c, grads_per_step, wrap=lambda f: f):
+  """Runs `make_optimizer(c)` on each step's gradients (trees of arrays or RowGradients); returns params and state."""
   tx = optim.make_optimizer(c, total_steps=20)
-  new_params = {k: jnp.asarray(v) for k, v in params.items()}
+  new_params = {k: jnp.asarray(v) for k, v in _flat(_tiny_params()).items()}
   opt_state = tx.init(new_params)
   update = wrap(tx.update)
   for grads in grads_per_step:
-    updates, opt_state = update({k: jnp.asarray(v) for k, v in grads.items()}, opt_state, new_params)
+    updates, opt_state = update(jax.tree.map(jnp.asarray, grads), opt_state, new_params)
     new_params = {k: new_params[k] + updates[k] for k in new_params}
-  return params, grads_per_step, new_params
+  return new_params, opt_state
 
 
 class AdamWTest(chex.TestCase):
@@ -126,7 +128,9 @@ class AdamWTest(chex.TestCase):
     # Gradient norms differing by 100x between steps: Adam is not invariant to that, so clipping (which brings every
     # step to norm 0.5) changes the result far beyond the tolerance.
     c = _optim_config(warmup_steps=2, clip_norm=clip_norm, eps=1e-2)
-    params, grads_per_step, got = _apply_updates(c, grad_scales=[1.0, 10.0, 0.1], wrap=self.variant)
+    params = _flat(_tiny_params())
+    grads_per_step = _random_grads(params, grad_scales=[1.0, 10.0, 0.1])
+    got, _ = _apply_updates(c, grads_per_step, wrap=self.variant)
     lrs = [_closed_form_lr(s, peak=c.learning_rate, warmup=2, total=20, schedule='linear') for s in range(3)]
     mask = {k: v.ndim >= 2 for k, v in params.items()}
     expected = _numpy_adamw(params, grads_per_step, c, lrs, mask)
@@ -135,6 +139,48 @@ class AdamWTest(chex.TestCase):
     toggled_clip = _optim_config(warmup_steps=2, clip_norm=0.0 if clip_norm else 0.5, eps=1e-2)
     other = _numpy_adamw(params, grads_per_step, toggled_clip, lrs, mask)
     self.assertGreater(max(float(np.max(np.abs(other[k] - expected[k]))) for k in params), 1e-4)
+
+
+class RowGradientTest(chex.TestCase):
+  """The embedding's gradient as rows: what the train step gives for a table that is only looked up."""
+
+  TABLE = "['Embed_0']['embedding']"
+  IDS = [[3, 1, 3, 7, 3], [0, 3, 3, 3, 9], [10, 1, 5, 1, 1]]   # repeats; rows 2, 4, 6 and 8 never looked up
+
+  def test_row_gradient_sums_repeated_ids(self):
+    per_lookup = np.random.default_rng(1).standard_normal((2, 5, 6))
+    ids = np.asarray(self.IDS[:2])
+    rows = optim.row_gradient(jnp.asarray(ids), jnp.asarray(per_lookup, jnp.float32), 11)
+    dense = np.zeros((11, 6))
+    np.add.at(dense, ids.reshape(-1), per_lookup.reshape(-1, 6))
+    got = np.zeros((12, 6))   # slot 11: the out-of-range padding ids, whose rows must be zero
+    got[np.asarray(rows.ids)] = np.asarray(rows.rows)
+    np.testing.assert_allclose(got[:11], dense, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(got[11], 0.0)
+    self.assertEqual(sorted(set(np.asarray(rows.ids)) - {11}), sorted(set(ids.reshape(-1))))
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.named_parameters(('no_clip', 0.0), ('clip', 0.5))
+  def test_rows_update_as_the_dense_gradient(self, clip_norm):
+    c = _optim_config(warmup_steps=2, clip_norm=clip_norm, eps=1e-2)
+    params = _flat(_tiny_params())
+    grads_per_step = _random_grads(params, grad_scales=[1.0, 10.0, 0.1])
+    rng = np.random.default_rng(3)
+    row_grads_per_step = []
+    for grads, ids in zip(grads_per_step, self.IDS):
+      per_lookup = 3.0 * rng.standard_normal((len(ids), 6)).astype(np.float32)
+      grads[self.TABLE] = np.zeros((11, 6), np.float32)
+      np.add.at(grads[self.TABLE], ids, per_lookup)
+      row_grads_per_step.append({**grads, self.TABLE: optim.row_gradient(jnp.asarray(ids), per_lookup, 11)})
+    got, got_state = _apply_updates(c, row_grads_per_step, wrap=self.variant)
+    lrs = [_closed_form_lr(s, peak=c.learning_rate, warmup=2, total=20, schedule='linear') for s in range(3)]
+    expected = _numpy_adamw(params, grads_per_step, c, lrs, {k: v.ndim >= 2 for k, v in params.items()})
+    for k in params:
+      np.testing.assert_allclose(np.asarray(got[k]), expected[k], rtol=2e-5, atol=2e-7, err_msg=k)
+    # The moments too, against optax from the dense gradient; every row moved, looked up or not.
+    _, dense_state = _apply_updates(c, grads_per_step)
+    chex.assert_trees_all_close(got_state, dense_state, rtol=1e-6, atol=1e-9)
+    self.assertTrue(np.all(np.asarray(got[self.TABLE]) != np.asarray(params[self.TABLE])))
 
 
 if __name__ == '__main__':

@@ -30,7 +30,8 @@ MODELS = {
 # The tasks each model serves (its heads).
 TASKS = {'transformer': transformer.TASKS, 'rnn': rnn.TASKS, 'lstm': rnn.TASKS, 'gru': rnn.TASKS}
 
-__all__ = ['MODELS', 'TASKS', 'VOCABULARY_TASKS', 'HeadInputs', 'count_params', 'generate', 'get_model']
+__all__ = ['MODELS', 'TASKS', 'VOCABULARY_TASKS', 'HeadInputs', 'count_params', 'generate', 'get_model',
+           'lookup_only_table']
 
 
 def get_model(model_config, *, vocab_size: int, max_len: int) -> nn.Module:
@@ -42,3 +43,13 @@ def get_model(model_config, *, vocab_size: int, max_len: int) -> nn.Module:
 def count_params(params) -> int:
   """Number of scalars in a param tree (arrays or shape structs)."""
   return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params))
+
+
+def lookup_only_table(module: nn.Module) -> tuple[str, ...] | None:
+  """The params path of the token embedding when looking up the inputs is its only use (a classifier, or an untied
+  vocabulary head), else None. Its gradient is then zero outside the batch's ids, and the rows come from the
+  gradient of the trunk's 'embedded' perturbation (`layers.perturbable`): the looked-up vectors, plus position and
+  token-type embeddings, which add and so share their gradient."""
+  if module.task in VOCABULARY_TASKS and module.config.tie_embeddings:
+    return None
+  return ('decoder' if module.task == 'lm' else 'encoder', 'token_embed', 'embedding')
