@@ -31,7 +31,8 @@ TIME_CHUNKS = 4
 # the other), and the M = 16 recurrent matmul costs twice the M = 8 one. LSTM bench step 0.036 → 0.033 s with 2.
 # Measured slower elsewhere, so not used there: in the backward scan, where the other core runs the previous time
 # chunk's matmuls (0.035 s), and in the forward without the saved residuals (inference: 7.5 → 11.5 ms), where the
-# loop body was short enough that handing half of it to another thread cost more than it saved.
+# loop body was short enough that handing half of it to another thread cost more than it saved. The scan carries the
+# slices' states apart rather than slicing and joining the whole state each step (~3% of the bench step).
 BATCH_PARTS = 2
 
 
@@ -133,21 +134,12 @@ def _update(cell: Cell, bn_H, carry, xw_BxG, hu_BxG, real_B):
   return jax.tree.map(lambda new, old: jnp.where(real_B[:, None], new, old), new_carry, carry), y_BxH
 
 
-def _in_batch_parts(step, parts: int):
-  """A scan step `(carry, inputs) -> (carry, outputs)` run on `parts` slices of the batch (axis 0 of every leaf),
-  its results concatenated."""
-  def parts_step(carry, inputs):
-    batch = jax.tree.leaves(carry)[0].shape[0]
-    n = min(parts, batch)
-    part = lambda tree, k: jax.tree.map(lambda a: a[k * batch // n:(k + 1) * batch // n], tree)
-    results = [step(part(carry, k), part(inputs, k)) for k in range(n)]
-    return jax.tree.map(lambda *slices: jnp.concatenate(slices, axis=0), *results)
-  return parts_step
-
-
 def _scan_forward(cell, dtype, reverse, u_HxG, bn_H, carry, xw_TxBxG, real_TxB, start_TxB, batch_parts=1):
-  """(final carry, outputs h_t `[T, B, H]`, (the reset carry entering each step, U·h_{t-1} of each step))."""
-  @functools.partial(_in_batch_parts, parts=batch_parts)
+  """(final carry, outputs h_t `[T, B, H]`, (the reset carry entering each step, U·h_{t-1} of each step)).
+
+  With `batch_parts` > 1 each step runs on that many slices of the batch (`BATCH_PARTS`); the scan carries the
+  slices' states apart, so a step slices only its inputs and joins only its stacked outputs.
+  """
   def step(carry, inputs):
     xw_BxG, real_B, start_B = inputs
     carry = _reset(carry, start_B)
@@ -155,9 +147,19 @@ def _scan_forward(cell, dtype, reverse, u_HxG, bn_H, carry, xw_TxBxG, real_TxB, 
     new_carry, y_BxH = _update(cell, bn_H, carry, xw_BxG, hu_BxG, real_B)
     return new_carry, (y_BxH, (carry, hu_BxG))
 
-  carry, (y_TxBxH, saved) = jax.lax.scan(step, carry, (xw_TxBxG, real_TxB, start_TxB), reverse=reverse,
-                                         unroll=UNROLL)
-  return carry, y_TxBxH, saved
+  batch = xw_TxBxG.shape[1]
+  parts = max(1, min(batch_parts, batch))
+  edges = [k * batch // parts for k in range(parts + 1)]
+  part = lambda tree, k: jax.tree.map(lambda a: a[edges[k]:edges[k + 1]], tree)
+  join = lambda trees: jax.tree.map(lambda *slices: jnp.concatenate(slices, axis=0), *trees)
+
+  def parts_step(carries, inputs):
+    results = [step(carries[k], part(inputs, k)) for k in range(parts)]
+    return tuple(new_carry for new_carry, _ in results), join([outputs for _, outputs in results])
+
+  carries, (y_TxBxH, saved) = jax.lax.scan(parts_step, tuple(part(carry, k) for k in range(parts)),
+                                           (xw_TxBxG, real_TxB, start_TxB), reverse=reverse, unroll=UNROLL)
+  return join(carries), y_TxBxH, saved
 
 
 def project(dtype, w_IxG, b_G, x_TxBxI):
