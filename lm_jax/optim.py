@@ -11,7 +11,7 @@ A table that is only looked up (a classifier's token embedding) has a zero gradi
 train step gives its gradient as a `RowGradient`, and `AdamW.update` computes optax's update from those rows and, for
 every other row, AdamW's zero-gradient step (m ← β₁m, v ← β₂v, p ← p − lr·(m̂/(√v̂ + ε) + λp)) in place: the dense
 gradient, its zero-fill and scatter, and two reads of it are never made (3 of the 30522×256 table's 11 passes; the
-LSTM bench step ~3% faster, BENCHMARKS.md), and replicas gather their rows instead of all-reducing the table.
+LSTM bench step ~4% faster, BENCHMARKS.md), and replicas gather their rows instead of all-reducing the table.
 """
 
 from collections.abc import Callable

@@ -211,15 +211,15 @@ def make_train_step(model, optimizer, mesh, grad_accum_steps, *, skip_nonfinite=
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {'loss': sums['loss'] / sums['count'], 'accuracy': sums['correct'] / sums['count']}
+    grad_arrays = optim.gradient_arrays(grads)   # a RowGradient as its rows: the dense gradient's norms
     if skip_nonfinite:
-      finite = jnp.isfinite(sums['loss']) & jnp.isfinite(optax.tree.norm(optim.gradient_arrays(grads)))
+      finite = jnp.isfinite(sums['loss']) & jnp.isfinite(optax.tree.norm(grad_arrays))
       params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), (params, opt_state),
                                        (state.params, state.opt_state))
       metrics['skipped'] = 1.0 - finite.astype(jnp.float32)
     not_computed = lambda g: jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype),
                                           jax.eval_shape(grad_norms, g))
-    metrics.update(jax.lax.cond(with_norms | ~jnp.isfinite(metrics['loss']), grad_norms, not_computed,
-                                optim.gradient_arrays(grads)))
+    metrics.update(jax.lax.cond(with_norms | ~jnp.isfinite(metrics['loss']), grad_norms, not_computed, grad_arrays))
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   step = jax.shard_map(replica_step, mesh=mesh, in_specs=(P(), P('data'), P()), out_specs=(P(), P()),
