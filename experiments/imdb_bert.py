@@ -1,6 +1,6 @@
 """IMDB sentiment by fine-tuning an imported Hugging Face BERT: the original recipe in lm_jax.
 
-  python -m lm_jax.convert --hf_bert path/to/bert-base-uncased --workdir runs/bert-base-uncased
+  python -m lm_jax.tools.convert --hf_bert path/to/bert-base-uncased --workdir runs/bert-base-uncased
   python -m lm_jax.main --config experiments/imdb_bert.py --workdir runs/imdb_bert
 
 The first command turns a `save_pretrained` folder (config.json, model.safetensors, vocab.txt) into a workdir; the
@@ -23,7 +23,7 @@ def get_config(variant: str = ''):
   c = imdb.get_config('local' if arg.local else '')
   path = os.path.join(arg.bert, 'config.json')
   if not os.path.exists(path):
-    raise FileNotFoundError(f'{path} does not exist: convert a BERT first, python -m lm_jax.convert --hf_bert '
+    raise FileNotFoundError(f'{path} does not exist: convert a BERT first, python -m lm_jax.tools.convert --hf_bert '
                             f'path/to/bert --workdir {arg.bert}')
   with open(path, encoding='utf-8') as f:
     converted = json.load(f)

@@ -5,7 +5,7 @@ Importing lm_jax is cheap: JAX, the models and the data code load only when `loa
 
 
 def load(workdir: str, step: int | None = None):
-  """The run in `workdir` (trained by lm_jax.main or written by lm_jax.convert) at `step` (default: its best
+  """The run in `workdir` (trained by lm_jax.main or written by lm_jax.tools.convert) at `step` (default: its best
   checkpoint, else its latest), as an `lm_jax.inference.LoadedRun`: `.config`, `.tokenizer`, `.model`, `.params`,
   `.logits(ids)`, `.classify(texts)`, `.generate(prompts, ...)`."""
   from lm_jax import inference  # pylint: disable=g-import-not-at-top  (heavy: JAX, Orbax, TFDS)

@@ -7,7 +7,7 @@
 
 Running the same command again skips finished runs and resumes an interrupted one. A run that fails leaves its
 traceback in DIR/<run>/error.txt, the sweep goes on, and the command then exits non-zero naming the failed runs.
-What is written where: lm_jax/sweep_runner.py.
+What is written where: lm_jax/sweeps/runner.py.
 """
 
 import os
@@ -15,7 +15,7 @@ import os
 from absl import app
 from absl import flags
 
-from lm_jax import cli
+from lm_jax import process
 
 flags.DEFINE_string('sweep', None, 'Sweep file: experiments/ablations/NAME.py[:variant] (get_sweep() lists the runs).')
 flags.DEFINE_string('workdir', None, 'Sweep directory: one run directory per variant, results.csv/.md, plots/.')
@@ -27,9 +27,9 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-  cli.start(argv)
+  process.start(argv)
   # Imported here so that flag errors are reported before JAX loads.
-  from lm_jax import sweep_runner  # pylint: disable=g-import-not-at-top
+  from lm_jax.sweeps import runner as sweep_runner  # pylint: disable=g-import-not-at-top
   try:
     if FLAGS.dry_run:
       sweep_runner.dry_run(FLAGS.sweep, FLAGS.workdir, FLAGS.only, FLAGS.override)

@@ -129,7 +129,7 @@ def _read_config(workdir: str) -> ml_collections.ConfigDict:
   if not os.path.exists(path):
     what = 'does not exist' if not os.path.isdir(workdir) else 'has no config.json'
     raise FileNotFoundError(f'{workdir} {what}: give the workdir of a run of lm_jax.main, or one written by '
-                            'lm_jax.convert.')
+                            'lm_jax.tools.convert.')
   with open(path, encoding='utf-8') as f:
     return ml_collections.ConfigDict(json.load(f))
 

@@ -13,7 +13,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from lm_jax import cli
+from lm_jax import process
 
 config_flags.DEFINE_config_file('config', None, 'Experiment config: experiments/NAME.py[:variant].', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Run directory: config, tokenizer, checkpoints, metrics, results.')
@@ -77,7 +77,7 @@ def parse_flags(argv):
 
 
 def main(argv):
-  cli.start(argv, process_index=FLAGS.process_id or 0)
+  process.start(argv, process_index=FLAGS.process_id or 0)
   try:
     initialize_distributed(FLAGS.config)
   except OSError as e:   # the config file could not be loaded: config_flags defers the error to its first use

@@ -15,9 +15,9 @@ import sys
 from absl import app
 from absl import flags
 
-from lm_jax import cli
+from lm_jax import process
 
-flags.DEFINE_string('workdir', None, 'Run directory of lm_jax.main (or of lm_jax.convert).')
+flags.DEFINE_string('workdir', None, 'Run directory of lm_jax.main (or of lm_jax.tools.convert).')
 flags.DEFINE_multi_string('text', [], 'A text to classify or a prompt to continue; repeatable.')
 flags.DEFINE_string('file', None, 'A UTF-8 file with one text per line.')
 flags.DEFINE_integer('step', None, 'Checkpoint step (default: the best by validation, else the latest).')
@@ -65,7 +65,7 @@ TASKS = {
 
 
 def main(argv):
-  cli.start(argv)
+  process.start(argv)
   import lm_jax  # pylint: disable=g-import-not-at-top
   try:
     texts = read_texts()

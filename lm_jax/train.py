@@ -30,7 +30,7 @@ from jax.sharding import PartitionSpec as P
 from lm_jax import checkpoint
 from lm_jax import data as data_lib
 from lm_jax import flops
-from lm_jax import hostmem
+from lm_jax import process
 from lm_jax import metrics as metrics_lib
 from lm_jax import models
 from lm_jax import optim
@@ -345,7 +345,7 @@ def train_loop(run: Run, train_iter, writer, log_window: list[dict], signals: St
     # Sync point (waits for the device): fetch the queued metrics, so a NaN is caught before it is checkpointed.
     fetched, pending = jax.device_get(pending), []
     if step - len(fetched) == first_step:   # this process's first steps are done: compiling is over
-      hostmem.release_freed_memory()
+      process.release_freed_memory()
     check_finite(fetched, step, run)
     log_window += [{k: float(v) for k, v in m.items() if k != 'grad_norms'} for m in fetched]
     if at_log:
@@ -363,7 +363,7 @@ def train_loop(run: Run, train_iter, writer, log_window: list[dict], signals: St
     if at_eval:
       eval_start = time.perf_counter()
       val_metrics = evaluate(run, state.params, 'validation')
-      hostmem.release_freed_memory()   # what compiling and running the eval step freed
+      process.release_freed_memory()   # what compiling and running the eval step freed
       log.info('step %d validation: %s', step, val_metrics)
       if writer:
         writer.write(step, 'validation', val_metrics)

@@ -19,9 +19,9 @@ import numpy as np
 from lm_jax import checkpoint
 from lm_jax import configs
 from lm_jax import models
-from lm_jax import sweep_plots
-from lm_jax import sweep_report
-from lm_jax import sweep_runner
+from lm_jax.sweeps import plots as sweep_plots
+from lm_jax.sweeps import report as sweep_report
+from lm_jax.sweeps import runner as sweep_runner
 from lm_jax import sweeps
 from lm_jax import train
 

@@ -1,4 +1,4 @@
-"""lm_jax.attention_maps on a tiny trained decoder: the PNG, and weights equal to a float64 NumPy reference."""
+"""lm_jax.tools.attention_maps on a tiny trained decoder: the PNG, and weights equal to a float64 NumPy reference."""
 
 import os
 import subprocess
@@ -9,7 +9,7 @@ import chex
 import jax
 import numpy as np
 
-from lm_jax import attention_maps
+from lm_jax.tools import attention_maps
 from lm_jax import train
 from test_train import tiny_recall_config
 
@@ -74,7 +74,7 @@ class AttentionMapsTest(chex.TestCase):
 
   def test_text_input_from_the_command_line(self):
     out = os.path.join(self.tmp.name, 'text.png')
-    result = subprocess.run([sys.executable, '-m', 'lm_jax.attention_maps', '--workdir', self.workdir,
+    result = subprocess.run([sys.executable, '-m', 'lm_jax.tools.attention_maps', '--workdir', self.workdir,
                              '--text', 'k1 v2 k3 v0 k3 v0 k1', '--out', out], cwd=REPO, capture_output=True,
                             text=True, timeout=300)
     self.assertEqual(result.returncode, 0, result.stderr[-3000:])

@@ -1,4 +1,4 @@
-"""lm_jax.bench and bench/gpu_check.sh: the documented JSON fields, the torch/lm_jax alternation and ratio (against
+"""lm_jax.tools.bench and lm_jax/tools/gpu_check.sh: the documented JSON fields, the torch/lm_jax alternation and ratio (against
 a stand-in reference script), the batches the cases train on, and the GPU script's CPU dry run."""
 
 import json
@@ -10,7 +10,7 @@ import textwrap
 import chex
 import numpy as np
 
-from lm_jax import bench
+from lm_jax.tools import bench
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Subprocesses see one CPU device (not the tests' two) and never a GPU.
@@ -49,7 +49,7 @@ class BenchTest(chex.TestCase):
           print(json.dumps({{'framework': 'torch', 'train': {{'median_s': {FAKE_TORCH_SECONDS}}}}}))
           '''))
     result = subprocess.run(
-        [sys.executable, '-m', 'lm_jax.bench', '--case', 'lstm', '--batch', '2', '--seq', '8', '--steps', '3',
+        [sys.executable, '-m', 'lm_jax.tools.bench', '--case', 'lstm', '--batch', '2', '--seq', '8', '--steps', '3',
          '--warmup', '1', '--reference', '--rounds', '2', f'--reference_dir={reference_dir}'],
         cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300, check=False)
     self.assertEqual(result.returncode, 0, result.stderr[-2000:])
@@ -75,10 +75,10 @@ class BenchTest(chex.TestCase):
 
   def test_gpu_check_dry_run(self):
     logs = self.create_tempdir().full_path
-    result = subprocess.run(['bash', 'bench/gpu_check.sh', '--dry_run'], cwd=ROOT, env={**ENV, 'OUT': logs},
+    result = subprocess.run(['bash', 'lm_jax/tools/gpu_check.sh', '--dry_run'], cwd=ROOT, env={**ENV, 'OUT': logs},
                             capture_output=True, text=True, timeout=600, check=False)
     self.assertEqual(result.returncode, 0, result.stdout[-3000:] + result.stderr[-2000:])
-    self.assertIn('python -m lm_jax.bench --case gpt2-small', result.stdout)
+    self.assertIn('python -m lm_jax.tools.bench --case gpt2-small', result.stdout)
     equivalence = {line['implementation']: line for line in json_lines(result.stdout) if 'implementation' in line}
     self.assertIn('skipped', equivalence['cudnn'])
     self.assertTrue(equivalence['chunked']['ok'])

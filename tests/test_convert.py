@@ -1,4 +1,4 @@
-"""Hugging Face BERT → lm_jax (lm_jax.hf_bert, lm_jax.convert): random-weight BERTs built by `transformers` and
+"""Hugging Face BERT → lm_jax (lm_jax.interop.hf_bert, lm_jax.tools.convert): random-weight BERTs built by `transformers` and
 saved with save_pretrained convert, and lm_jax's logits match HF PyTorch's in float32 (classifier, MLM, trunk and
 pooler); a converted BERT fine-tunes on the offline IMDB through experiments/imdb_bert.py and `lm_jax.predict`
 labels texts with it. Needs torch and transformers: `pip install -e '.[test,interop]'`."""
@@ -25,7 +25,7 @@ import lm_jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 from experiments import base  # pylint: disable=wrong-import-position
 from lm_jax import checkpoint  # pylint: disable=wrong-import-position
 from lm_jax import configs  # pylint: disable=wrong-import-position
-from lm_jax import hf_bert  # pylint: disable=wrong-import-position
+from lm_jax.interop import hf_bert  # pylint: disable=wrong-import-position
 from lm_jax import models  # pylint: disable=wrong-import-position
 from lm_jax import train  # pylint: disable=wrong-import-position
 from test_data_imdb import prepare_offline  # pylint: disable=wrong-import-position
@@ -173,7 +173,7 @@ class FineTuneAndPredictTest(chex.TestCase):
     prepare_offline(cls.tmp.name, data_config, os.path.join(cls.tmp.name, 'tok'))
     hf_dir, cls.bert = os.path.join(cls.tmp.name, 'hf'), os.path.join(cls.tmp.name, 'bert')
     save_random_bert(hf_dir, transformers.BertForPreTraining, **SHAPES['small'])
-    subprocess.run([sys.executable, '-m', 'lm_jax.convert', '--hf_bert', hf_dir, '--workdir', cls.bert], cwd=REPO,
+    subprocess.run([sys.executable, '-m', 'lm_jax.tools.convert', '--hf_bert', hf_dir, '--workdir', cls.bert], cwd=REPO,
                    check=True, capture_output=True, timeout=300)
 
   @classmethod

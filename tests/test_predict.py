@@ -19,7 +19,7 @@ import numpy as np
 import lm_jax
 from experiments import base
 from lm_jax import configs
-from lm_jax import hf_bert
+from lm_jax.interop import hf_bert
 from lm_jax import inference
 from lm_jax import models
 from lm_jax import train

@@ -12,7 +12,7 @@ Batches are numpy dicts whose leading axis is this process's share of the global
 Eval batches are full-size, the last one filled up with rows whose weights are 0.
 
 Text datasets are tokenized once into the token cache (cache.py: data.cache_dir, or beside the dataset) and every
-later run, resume and evaluation reads its rows from there; `python -m lm_jax.data.prepare --config ...` builds it
+later run, resume and evaluation reads its rows from there; `python -m lm_jax.tools.prepare_data --config ...` builds it
 ahead of time.
 """
 

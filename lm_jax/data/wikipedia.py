@@ -5,7 +5,7 @@ segment ids and positions (see packing.py). 'validation' is data.validation_frac
 a fixed seed; data.max_documents caps the articles read for quick runs. The first run tokenizes each split once
 into the token cache (cache.py; 2 bytes per token with a vocabulary up to 65,536), in parallel over the cores, and
 every later run, resume and evaluation streams rows from it: build it ahead of time with
-`python -m lm_jax.data.prepare --config experiments/wikipedia_lm.py`.
+`python -m lm_jax.tools.prepare_data --config experiments/wikipedia_lm.py`.
 
 Preparing needs apache-beam, mwparserfromhell and mwxml and downloads the dump (~20 GB for English); TFDS's own
 prepared copies are tfrecord, which needs TensorFlow: prepare with file_format='array_record' instead.

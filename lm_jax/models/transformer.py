@@ -8,7 +8,7 @@ al., 2022: induction and recall heads form in one layer, not after a previous-to
 float32; `dtype` sets the compute dtype; logits are float32.
 
 With post-LN, token types, the pooler, LayerNorm epsilon 1e-12 and learned positions up to max_position_embeddings
-it computes what Hugging Face's BERT computes (lm_jax.hf_bert imports its weights). Keys attend only to non-pad
+it computes what Hugging Face's BERT computes (lm_jax.interop.hf_bert imports its weights). Keys attend only to non-pad
 tokens; a pad query gets a zero attention output (BERT's differs there, but no real position ever reads it).
 """
 
@@ -169,7 +169,7 @@ class SelfAttention(nn.Module):
     if cfg.smeared_keys:   # positions restart at 0 where a document (or a decoded row) starts
       mix_H = self.param('smear', nn.initializers.zeros, (cfg.num_heads,), jnp.float32)
       k_BxTxHxK = attention.smear_keys(k_BxTxHxK, mix_H, key_positions == 0)
-    if self.is_mutable_collection('intermediates'):   # attention maps (lm_jax.attention_maps): only when asked
+    if self.is_mutable_collection('intermediates'):   # attention maps (lm_jax.tools.attention_maps): only when asked
       self.sow('intermediates', 'attention_weights',
                attention.attention_weights(q_BxTxHxK, k_BxTxHxK, bias=bias, mask=mask))
     out_BxTxHxK = _attend(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, bias=bias, mask=mask, implementation=cfg.attention)

@@ -1,8 +1,8 @@
 """Dense vs chunked attention on long sequences: peak memory and step time of the `long` bench case.
 
-  python -m bench.long_context --lengths 1024,2048,4096,8192
+  python -m lm_jax.tools.long_context --lengths 1024,2048,4096,8192
 
-Each (attention, T) runs `python -m lm_jax.bench --case long` in its own process under `/usr/bin/time -v`, so the
+Each (attention, T) runs `python -m lm_jax.tools.bench --case long` in its own process under `/usr/bin/time -v`, so the
 peak resident memory (max RSS) is that setting's alone. Prints one JSON line per run, then a Markdown table.
 """
 
@@ -14,7 +14,7 @@ import sys
 
 
 def run(attention: str, length: int, steps: int) -> dict:
-  command = ['/usr/bin/time', '-v', sys.executable, '-m', 'lm_jax.bench', '--case', 'long', '--seq', str(length),
+  command = ['/usr/bin/time', '-v', sys.executable, '-m', 'lm_jax.tools.bench', '--case', 'long', '--seq', str(length),
              '--attention', attention, '--steps', str(steps), '--warmup', '1']
   result = subprocess.run(command, capture_output=True, text=True, check=False)
   rss = re.search(r'Maximum resident set size \(kbytes\): (\d+)', result.stderr)

@@ -23,10 +23,10 @@ import jax
 from jax.experimental.compilation_cache import compilation_cache
 
 from lm_jax import models
-from lm_jax import sweep_plots
-from lm_jax import sweep_report
 from lm_jax import sweeps
 from lm_jax import train
+from lm_jax.sweeps import plots as sweep_plots
+from lm_jax.sweeps import report as sweep_report
 
 log = logging.getLogger(__name__)
 

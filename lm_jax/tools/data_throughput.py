@@ -1,7 +1,7 @@
 """How fast the input pipeline delivers training batches, without a model.
 
-  python -m lm_jax.data.throughput --config experiments/imdb.py --batches 200
-  python -m lm_jax.data.throughput --config experiments/recall.py --config.train.batch_size=256
+  python -m lm_jax.tools.data_throughput --config experiments/imdb.py --batches 200
+  python -m lm_jax.tools.data_throughput --config experiments/recall.py --config.train.batch_size=256
 
 Builds config.data for config.model.task (reading the training split from its token cache, tokenizing it into the
 cache first when there is none; the time is printed), then times --batches training batches of

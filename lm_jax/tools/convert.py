@@ -1,6 +1,6 @@
 """Import a Hugging Face BERT (safetensors) as an lm_jax workdir.
 
-  python -m lm_jax.convert --hf_bert path/to/bert-base-uncased --workdir runs/bert-base-uncased
+  python -m lm_jax.tools.convert --hf_bert path/to/bert-base-uncased --workdir runs/bert-base-uncased
 
 --hf_bert is a folder as `save_pretrained` writes it: config.json, model.safetensors and vocab.txt (BertModel,
 BertForMaskedLM, BertForSequenceClassification or BertForPreTraining). The workdir gets config.json (--config with
@@ -13,7 +13,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from lm_jax import cli
+from lm_jax import process
 
 flags.DEFINE_string('hf_bert', None, 'Folder with config.json, model.safetensors and vocab.txt.')
 flags.DEFINE_string('workdir', None, 'New run directory to write.')
@@ -24,12 +24,12 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-  cli.start(argv)
-  from lm_jax import hf_bert  # pylint: disable=g-import-not-at-top  (heavy: JAX, Orbax, TFDS)
+  process.start(argv)
+  from lm_jax.interop import hf_bert  # pylint: disable=g-import-not-at-top  (heavy: JAX, Orbax, TFDS)
   try:
     hf_bert.convert(FLAGS.hf_bert, FLAGS.workdir, FLAGS.config)
   except (FileNotFoundError, ValueError) as e:  # the message says what is wrong and what to do
-    raise SystemExit(f'lm_jax.convert: {e}') from None
+    raise SystemExit(f'lm_jax.tools.convert: {e}') from None
 
 
 if __name__ == '__main__':

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The GPU check of issue 12, in one go (<= 8 minutes on one H200). Run from the repository root:
 #
-#   bash bench/gpu_check.sh             # on the GPU machine; writes logs to ${OUT:-/tmp/gpu_check}
-#   bash bench/gpu_check.sh --dry_run   # anywhere: prints the plan and runs the CPU-runnable parts tiny
+#   bash lm_jax/tools/gpu_check.sh             # on the GPU machine; writes logs to ${OUT:-/tmp/gpu_check}
+#   bash lm_jax/tools/gpu_check.sh --dry_run   # anywhere: prints the plan and runs the CPU-runnable parts tiny
 #
 # 1. the attention, transformer and RNN tests on the GPU (float32 at 'highest' matmul precision: the tests compare
 #    against float64 references at 1e-5, which TF32 would not meet);
-# 2. cuDNN vs dense vs chunked attention in bf16, outputs and gradients (bench/attention_equivalence.py);
-# 3. the GPT-2-small bf16 train step (python -m lm_jax.bench --case gpt2-small), target MFU >= 45%,
+# 2. cuDNN vs dense vs chunked attention in bf16, outputs and gradients (lm_jax/tools/attention_equivalence.py);
+# 3. the GPT-2-small bf16 train step (python -m lm_jax.tools.bench --case gpt2-small), target MFU >= 45%,
 #    then the same with chunked and dense attention, and the 8192-token `long` case.
 # Exits non-zero when a step fails; the MFU target is reported as PASS/MISS, not enforced.
 set -uo pipefail
@@ -43,12 +43,12 @@ PY
 if [[ $DRY_RUN == 1 ]]; then
   echo "DRY RUN on $(python -c 'import jax; print(jax.default_backend())'): the GPU run would execute:"
   echo "  JAX_PLATFORMS=cuda JAX_DEFAULT_MATMUL_PRECISION=highest python -m pytest -q -x tests/test_attention.py tests/test_transformer.py tests/test_rnn.py"
-  echo "  python -m bench.attention_equivalence"
-  echo "  python -m lm_jax.bench --case gpt2-small --steps 20   (then --attention chunked, --attention dense)"
-  echo "  python -m lm_jax.bench --case long --steps 5           (T=8192, chunked attention)"
+  echo "  python -m lm_jax.tools.attention_equivalence"
+  echo "  python -m lm_jax.tools.bench --case gpt2-small --steps 20   (then --attention chunked, --attention dense)"
+  echo "  python -m lm_jax.tools.bench --case long --steps 5           (T=8192, chunked attention)"
   echo "Running the CPU-runnable parts tiny:"
-  step equivalence_tiny 300 python -m bench.attention_equivalence --tiny
-  step bench_tiny 300 python -m lm_jax.bench --case long --seq 128 --steps 2 --warmup 1
+  step equivalence_tiny 300 python -m lm_jax.tools.attention_equivalence --tiny
+  step bench_tiny 300 python -m lm_jax.tools.bench --case long --seq 128 --steps 2 --warmup 1
   [[ $status == 0 ]] && mfu_verdict "$LOGS/bench_tiny.log"
   echo "DRY RUN finished, status $status"
   exit $status
@@ -58,11 +58,11 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 export JAX_PLATFORMS=cuda
 JAX_DEFAULT_MATMUL_PRECISION=highest step tests 200 \
   python -m pytest -q -x -p no:cacheprovider tests/test_attention.py tests/test_transformer.py tests/test_rnn.py
-step equivalence 60 python -m bench.attention_equivalence
-step gpt2_small_cudnn 80 python -m lm_jax.bench --case gpt2-small --steps 20
+step equivalence 60 python -m lm_jax.tools.attention_equivalence
+step gpt2_small_cudnn 80 python -m lm_jax.tools.bench --case gpt2-small --steps 20
 [[ -s "$LOGS/gpt2_small_cudnn.log" ]] && mfu_verdict "$LOGS/gpt2_small_cudnn.log"
-step gpt2_small_chunked 50 python -m lm_jax.bench --case gpt2-small --steps 10 --attention chunked
-step gpt2_small_dense 50 python -m lm_jax.bench --case gpt2-small --steps 10 --attention dense
-step long_chunked 30 python -m lm_jax.bench --case long --steps 5
+step gpt2_small_chunked 50 python -m lm_jax.tools.bench --case gpt2-small --steps 10 --attention chunked
+step gpt2_small_dense 50 python -m lm_jax.tools.bench --case gpt2-small --steps 10 --attention dense
+step long_chunked 30 python -m lm_jax.tools.bench --case long --steps 5
 echo "GPU check finished, status $status"
 exit $status

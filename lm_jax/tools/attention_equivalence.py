@@ -1,7 +1,7 @@
 """cuDNN vs dense vs chunked attention: outputs and gradients against a float32 dense reference, and their times.
 
-  python -m bench.attention_equivalence                    # GPU: bf16, B=4, T=2048, 12 heads of 64
-  python -m bench.attention_equivalence --tiny             # any backend: small shapes; cuDNN only on a GPU
+  python -m lm_jax.tools.attention_equivalence                    # GPU: bf16, B=4, T=2048, 12 heads of 64
+  python -m lm_jax.tools.attention_equivalence --tiny             # any backend: small shapes; cuDNN only on a GPU
 
 All three take the same bfloat16 q, k, v, a causal and padding mask and an ALiBi-like bias; the reference is
 `dot_product_attention` on the same values upcast to float32 at 'highest' matmul precision. Prints one JSON line per

@@ -1,8 +1,8 @@
 """Train-step benchmark of lm_jax's own `steps.make_train_step`, with an optional side-by-side PyTorch reference.
 
-  python -m lm_jax.bench --case lstm                       # one JSON line
-  python -m lm_jax.bench --suite                           # every case of this backend, one line each
-  python -m lm_jax.bench --case gpt --reference --reference_dir ../shared/reference --rounds 3
+  python -m lm_jax.tools.bench --case lstm                       # one JSON line
+  python -m lm_jax.tools.bench --suite                           # every case of this backend, one line each
+  python -m lm_jax.tools.bench --case gpt --reference --reference_dir ../shared/reference --rounds 3
 
 A line holds the median, min and max step seconds after `--warmup` steps (compile time apart), tokens/s, the model
 FLOPs per step (`flops.train_flops_per_token`), the achieved FLOP/s and MFU. The peak is the device table's on
@@ -15,7 +15,7 @@ dropout and loss of `torch_{case}_bench.py` in the reference directory. With `--
 (> 1: lm_jax is faster). Known differences, each small: lm_jax decays only matrices (torch.optim.AdamW every
 parameter), has no token-type embeddings or pooler and no dropout on attention weights, and uses exact GELU.
 `gpt2-small` (bf16, cuDNN attention) is for accelerators; `long` (a small decoder, batch 1 × 8192, chunked
-attention) is what `python -m bench.long_context` runs for its dense vs chunked memory table.
+attention) is what `python -m lm_jax.tools.long_context` runs for its dense vs chunked memory table.
 """
 
 import dataclasses
@@ -35,8 +35,9 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 import numpy as np
 
-from lm_jax import cli
+from lm_jax import process
 from lm_jax import configs
+from lm_jax import defaults
 from lm_jax import flops
 from lm_jax import models
 from lm_jax import optim
@@ -46,7 +47,7 @@ from lm_jax import train
 
 @dataclasses.dataclass(frozen=True)
 class Case:
-  """A model and a batch: `overrides` of experiments/base.py's config, and the reference script that matches."""
+  """A model and a batch: `overrides` of the default config, and the reference script that matches."""
   overrides: dict
   vocab_size: int
   batch: int
@@ -95,15 +96,14 @@ _ROUNDS = flags.DEFINE_integer('rounds', 3, 'lm_jax/torch alternations with --re
 
 
 def case_config(case: Case, *, dtype=None, attention=None):
-  """experiments/base.py with the case's model and the reference's optimizer: AdamW, constant lr, no clipping."""
-  from experiments import base  # pylint: disable=g-import-not-at-top  (experiments/ sits next to lm_jax/)
+  """The default config (lm_jax/defaults.py) with the case's model and the reference's optimizer: AdamW, constant lr, no clipping."""
   overrides = {**case.overrides, 'optim.learning_rate': 2e-5, 'optim.weight_decay': 0.01, 'optim.warmup_steps': 0,
                'optim.schedule': 'constant', 'optim.clip_norm': 0.0}
   if dtype is not None:
     overrides['model.dtype'] = dtype
   if attention is not None:
     overrides['model.attention'] = attention
-  return configs.override(base.get_config(), overrides)
+  return configs.override(defaults.get_config(), overrides)
 
 
 def random_batch(task: str, vocab_size: int, batch: int, seq: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -239,7 +239,7 @@ def suite_cases() -> list[str]:
 
 
 def main(argv):
-  cli.start(argv)   # before the first compile: the step's buffers are reused, not page-faulted in each step
+  process.start(argv)   # before the first compile: the step's buffers are reused, not page-faulted in each step
   if _SUITE.value == (_CASE.value is not None):
     raise app.UsageError('Give exactly one of --case NAME and --suite.')
   names = suite_cases() if _SUITE.value else [_CASE.value]

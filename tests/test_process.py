@@ -1,4 +1,4 @@
-"""lm_jax.hostmem: after keep_freed_memory, a freed large block is reused without page faults, and
+"""lm_jax.process: after keep_freed_memory, a freed large block is reused without page faults, and
 release_freed_memory returns it to the OS (glibc only)."""
 
 import os
@@ -10,9 +10,9 @@ from absl.testing import absltest
 # Allocates, fills and frees a 64 MiB buffer twice; prints the page faults of the second fill.
 _SCRIPT = '''
 import resource, sys
-from lm_jax import hostmem
+from lm_jax import process
 if sys.argv[1] == 'keep':
-  assert hostmem.keep_freed_memory()
+  assert process.keep_freed_memory()
 import numpy as np
 def fill():
   x = np.empty(16 * 2 ** 20, np.float32)
@@ -28,15 +28,15 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 # Keeps freed memory, fills and frees a 64 MiB buffer; prints private memory (RssAnon, KiB) before and after release.
 _RELEASE_SCRIPT = '''
 import re
-from lm_jax import hostmem
-assert hostmem.keep_freed_memory()
+from lm_jax import process
+assert process.keep_freed_memory()
 import numpy as np
 private_kib = lambda: int(re.search(r'RssAnon:\\s+(\\d+) kB', open('/proc/self/status').read()).group(1))
 x = np.empty(16 * 2 ** 20, np.float32)
 x.fill(1.0)
 del x
 kept = private_kib()
-assert hostmem.release_freed_memory()
+assert process.release_freed_memory()
 print(kept, private_kib())
 '''
 

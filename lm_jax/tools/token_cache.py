@@ -1,11 +1,11 @@
 """Token cache at scale (issue 10): build time, resume to the first training step, and memory, on generated text.
 
-  python -m bench.token_cache --megabytes 2048 --resumes 3       # from the repository root
+  python -m lm_jax.tools.token_cache --megabytes 2048 --resumes 3       # from the repository root
 
 1. Writes `--megabytes` of English-like text files (a word-level order-2 Markov chain over Python's docstrings and
    /usr/share/common-licenses; at most 64 MB is unique, larger corpora repeat those paragraphs in a new order per
    file) under --dir, unless they are there already.
-2. Builds the token cache with `python -m lm_jax.data.prepare` (SentencePiece training included): seconds, max RSS.
+2. Builds the token cache with `python -m lm_jax.tools.prepare_data` (SentencePiece training included): seconds, max RSS.
 3. Trains a small decoder for a few steps, then stops it with SIGTERM (it saves a checkpoint), and resumes it
    `--resumes` times (each for 10 steps): seconds from process start to the first training step, the peak resident
    memory (RssAnon = private memory; RssFile = mapped files, such as the cache; the peak comes with the first
@@ -126,7 +126,7 @@ def main():
     write_corpus(corpus, args.megabytes)
     print(json.dumps({'corpus_mb': args.megabytes, 'written_s': round(time.time() - start, 1)}), flush=True)
   start = time.time()
-  subprocess.run(lm_jax_command('lm_jax.data.prepare', corpus, cache), check=True, capture_output=True)
+  subprocess.run(lm_jax_command('lm_jax.tools.prepare_data', corpus, cache), check=True, capture_output=True)
   print(json.dumps({'cache_build_s': round(time.time() - start, 1),
                     'cache_build_max_rss_mb': round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)}),
         flush=True)

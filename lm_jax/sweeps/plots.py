@@ -16,7 +16,7 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from lm_jax import sweep_report  # pylint: disable=g-import-not-at-top,wrong-import-position
+from lm_jax.sweeps import report as sweep_report  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _METRIC_LABELS = {'accuracy': 'accuracy (fraction correct)', 'loss': 'cross-entropy loss (nats)',
                   'perplexity': 'perplexity', 'bits_per_byte': 'bits per byte'}

@@ -1,7 +1,7 @@
 """Attention maps of a trained transformer: every layer and head for one input, as one grid of heatmaps (PNG).
 
-  python -m lm_jax.attention_maps --workdir runs/recall --example 0           # validation example 0
-  python -m lm_jax.attention_maps --workdir runs/recall --text 'k1 v2 k3 v0 k3 v0 k1' --out maps.png
+  python -m lm_jax.tools.attention_maps --workdir runs/recall --example 0           # validation example 0
+  python -m lm_jax.tools.attention_maps --workdir runs/recall --text 'k1 v2 k3 v0 k3 v0 k1' --out maps.png
 
 Restores the params of the run's latest checkpoint (lm_jax/checkpoint.py) and its tokenizer (WORKDIR/tokenizer).
 Each map is `lm_jax.attention.attention_weights` of one layer and head, float32 `[T, T]`: row t (a query token)
@@ -22,7 +22,7 @@ import matplotlib
 import ml_collections
 import numpy as np
 
-from lm_jax import cli
+from lm_jax import process
 from lm_jax import checkpoint
 from lm_jax import data as data_lib
 from lm_jax import models
@@ -131,12 +131,12 @@ def define_flags():
 
 
 def main(argv):
-  cli.start(argv)
+  process.start(argv)
   args = flags.FLAGS
   try:
     path, weights, _ = render(args.workdir, text=args.text, example=args.example, out=args.out)
   except (FileNotFoundError, ValueError) as e:
-    raise SystemExit(f'lm_jax.attention_maps: {e}') from None
+    raise SystemExit(f'lm_jax.tools.attention_maps: {e}') from None
   print(f'Wrote {path}: {weights.shape[0]} layers x {weights.shape[1]} heads over {weights.shape[2]} tokens.')
 
 

@@ -1,7 +1,7 @@
 """Builds the token caches of an experiment ahead of time, for example on a CPU machine before a GPU job.
 
-  python -m lm_jax.data.prepare --config experiments/wikipedia_lm.py
-  python -m lm_jax.data.prepare --config experiments/wikipedia_lm.py --config.data.cache_dir=/data/lm_jax_cache \
+  python -m lm_jax.tools.prepare_data --config experiments/wikipedia_lm.py
+  python -m lm_jax.tools.prepare_data --config experiments/wikipedia_lm.py --config.data.cache_dir=/data/lm_jax_cache \
       --tokenizer_dir runs/wikipedia_lm/tokenizer
 
 Loads (or prepares) config.data, trains its tokenizer when needed, then tokenizes every split for config.model.task
@@ -16,7 +16,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from lm_jax import cli
+from lm_jax import process
 
 config_flags.DEFINE_config_file('config', None, 'Experiment config: experiments/NAME.py[:variant].', lock_config=True)
 _TOKENIZER_DIR = flags.DEFINE_string('tokenizer_dir', '', 'Also save the tokenizer here (e.g. WORKDIR/tokenizer); '
@@ -24,7 +24,7 @@ _TOKENIZER_DIR = flags.DEFINE_string('tokenizer_dir', '', 'Also save the tokeniz
 
 
 def main(argv):
-  cli.start(argv)
+  process.start(argv)
   from lm_jax import data as data_lib  # pylint: disable=g-import-not-at-top
   config = flags.FLAGS.config
   with tempfile.TemporaryDirectory() as tmp:
