@@ -69,7 +69,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.model.name == 'transformer' and config.model.d_model % config.model.num_heads:
     raise ValueError(f'config.model.d_model={config.model.d_model} must divide by '
                      f'config.model.num_heads={config.model.num_heads}.')
-  for owner, tasks in ((f'config.model.name={config.model.name!r}', models.TASKS[config.model.name]),
+  for owner, tasks in ((f'config.model.name={config.model.name!r}', models.tasks(config.model.name)),
                        (f'config.data.name={config.data.name!r}', data.SOURCES[config.data.name].tasks)):
     if config.model.task not in tasks:
       raise ValueError(f'{owner} serves the tasks {tasks}, not config.model.task={config.model.task!r}.')

@@ -1,10 +1,15 @@
-"""What a run records: WORKDIR/metrics.jsonl, TensorBoard events (tensorboardX), and the console log line."""
+"""What a run records: WORKDIR/metrics.jsonl, TensorBoard events (tensorboardX), the console log line, and MFU.
+
+    MFU = tokens/s per device · train FLOPs per token (models.train_flops_per_token) / peak FLOP/s of the device
+"""
 
 import json
 import math
 import os
+from typing import Any
 import uuid
 
+import jax.numpy as jnp
 import tensorboardX
 
 
@@ -92,3 +97,45 @@ def format_log_line(step: int, total_steps: int, metrics: dict[str, float], *, m
   if eta_seconds is not None and math.isfinite(eta_seconds):
     parts.append(f'eta {_duration(eta_seconds)}')
   return ' | '.join(parts)
+
+
+# Dense (no sparsity) peak FLOP/s per JAX device: (substrings all in device_kind, 16-bit peak, float32 peak).
+# First match wins, so specific kinds come before general ones. JAX's default matmul precision runs float32 matmuls
+# as TF32 on NVIDIA tensor cores (Ampere and newer) and as one bfloat16 pass on TPU, so those are the float32 peaks.
+# TPU v2/v3 expose each of a chip's two TensorCores as a device: half the chip's peak.
+_PEAK_FLOPS = (
+    (('H100', 'PCIe'), 756e12, 378e12),
+    (('NVL',), 835e12, 418e12),  # H100 NVL, H200 NVL
+    (('H100',), 989e12, 495e12),  # SXM, also GH200
+    (('H200',), 989e12, 495e12),
+    (('A100',), 312e12, 156e12),
+    (('V100',), 125e12, 15.7e12),  # fp16 tensor cores (no bfloat16), float32 on CUDA cores (no TF32)
+    (('TPU v2',), 22.5e12, 22.5e12),
+    (('TPU v3',), 61.5e12, 61.5e12),
+    (('TPU v4',), 275e12, 275e12),
+    (('TPU v5 lite',), 197e12, 197e12),  # v5e
+    (('TPU v5e',), 197e12, 197e12),
+    (('TPU v5',), 459e12, 459e12),  # v5p
+    (('TPU v6',), 918e12, 918e12),  # v6e (Trillium), kind 'TPU v6 lite'
+)
+
+
+def peak_flops_per_device(device: Any, dtype: Any) -> float | None:
+  """Peak dense FLOP/s of `device` (a jax.Device) for matmuls in `dtype`; None for unknown kinds such as CPUs."""
+  dtype = jnp.dtype(dtype)
+  if dtype not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16), jnp.dtype(jnp.float32)):
+    raise ValueError(f'peak_flops_per_device: dtype {dtype}; allowed: bfloat16, float16, float32.')
+  kind = device.device_kind
+  if 'V100' in kind and dtype == jnp.bfloat16:
+    return None  # V100 has no bfloat16 units; a peak would be made up.
+  for substrings, peak_16bit, peak_float32 in _PEAK_FLOPS:
+    if all(s in kind for s in substrings):
+      return peak_float32 if dtype == jnp.float32 else peak_16bit
+  return None
+
+
+def mfu(tokens_per_sec_per_device: float, flops_per_token: float, peak: float | None) -> float | None:
+  """Model FLOPs utilization as a fraction of `peak` FLOP/s; None when the peak is unknown."""
+  if peak is None:
+    return None
+  return tokens_per_sec_per_device * flops_per_token / peak

@@ -29,7 +29,6 @@ from jax.sharding import PartitionSpec as P
 
 from lm_jax import checkpoint
 from lm_jax import data as data_lib
-from lm_jax import flops
 from lm_jax import process
 from lm_jax import metrics as metrics_lib
 from lm_jax import models
@@ -321,9 +320,9 @@ def train_loop(run: Run, train_iter, writer, log_window: list[dict], signals: St
   train_step = steps.make_train_step(run.model, run.optimizer, run.mesh, config.optim.grad_accum_steps,
                                skip_nonfinite=config.train.skip_nonfinite_steps)
   tokens_per_step = config.train.batch_size * config.data.max_len
-  peak = flops.peak_flops_per_device(jax.devices()[0], config.model.dtype)
-  flops_per_token = flops.train_flops_per_token(config.model, vocab_size=run.data.tokenizer.vocab_size,
-                                                seq_len=config.data.max_len, task=config.model.task)
+  peak = metrics_lib.peak_flops_per_device(jax.devices()[0], config.model.dtype)
+  flops_per_token = models.train_flops_per_token(config.model, vocab_size=run.data.tokenizer.vocab_size,
+                                                 seq_len=config.data.max_len)
   schedule = optim.learning_rate_schedule(config.optim, total)
   state, step = run.state, int(run.state.step)
   first_step = step
@@ -354,7 +353,8 @@ def train_loop(run: Run, train_iter, writer, log_window: list[dict], signals: St
       summary.update(lr=float(schedule(step - 1)), steps_per_sec=(step - timer_step) / elapsed,
                      tokens_per_sec=(step - timer_step) * tokens_per_step / elapsed)
       log.info(metrics_lib.format_log_line(
-          step, total, summary, mfu=flops.mfu(summary['tokens_per_sec'] / run.mesh.size, flops_per_token, peak),
+          step, total, summary,
+          mfu=metrics_lib.mfu(summary['tokens_per_sec'] / run.mesh.size, flops_per_token, peak),
           eta_seconds=(total - step) * elapsed / (step - timer_step)))
       if writer:
         writer.write(step, 'train', summary)

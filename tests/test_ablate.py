@@ -224,7 +224,7 @@ class SweepFilesTest(chex.TestCase):
       _, cache = jax.eval_shape(lambda p, i, m=model: m.apply({'params': p}, i, decode=True, mutable=['cache']),
                                 params, ids)
       floats = sum(leaf.size for leaf in jax.tree.leaves(cache) if jnp.issubdtype(leaf.dtype, jnp.floating))
-      expected, unit = sweeps.state_size(model_config.model)
+      expected, unit = models.state_size(model_config.model)
       self.assertEqual(floats / (batch * length if unit == 'per token' else batch), expected, name)
 
   def test_recall_mixers_parameters_agree_within_ten_percent(self):

@@ -1,15 +1,19 @@
-"""metrics.jsonl and TensorBoard events read back, truncated on resume; the log line."""
+"""metrics.jsonl and TensorBoard events read back, truncated on resume; the log line; the device peak table and MFU."""
 
 import glob
 import json
 import os
 import struct
+import types
 
 from absl.testing import absltest
+from absl.testing import parameterized
+import jax
 import numpy as np
 from tensorboardX.proto import event_pb2
 
 from lm_jax import metrics
+
 
 def _events(events_dir):
   """Every event of the TFRecord-framed event files, in file order: u64 length, u32 crc, data, u32 crc."""
@@ -98,3 +102,24 @@ class LogLineTest(absltest.TestCase):
     self.assertEqual(line, 'step 1/10 | 2.4M tok/s | MFU 5%')
     line = metrics.format_log_line(1, 10, {'lr': 3e-4, 'tokens_per_sec': 12.0}, mfu=None, eta_seconds=float('inf'))
     self.assertEqual(line, 'step 1/10 | lr 3.0e-04 | 12 tok/s')
+
+
+class PeakFlopsTest(parameterized.TestCase):
+
+  @parameterized.parameters(
+      ('NVIDIA H100 80GB HBM3', 'bfloat16', 989e12), ('NVIDIA H100 80GB HBM3', 'float32', 495e12),
+      ('NVIDIA H200', 'bfloat16', 989e12), ('NVIDIA H100 PCIe', 'bfloat16', 756e12),
+      ('NVIDIA A100-SXM4-40GB', 'float32', 156e12), ('Tesla V100-SXM2-16GB', 'float32', 15.7e12),
+      ('Tesla V100-SXM2-16GB', 'bfloat16', None), ('TPU v4', 'float32', 275e12), ('TPU v5 lite', 'bfloat16', 197e12),
+      ('TPU v5', 'bfloat16', 459e12), ('TPU v6 lite', 'bfloat16', 918e12), ('Some future chip', 'bfloat16', None))
+  def test_table(self, kind, dtype, expected):
+    self.assertEqual(metrics.peak_flops_per_device(types.SimpleNamespace(device_kind=kind), dtype), expected)
+
+  def test_cpu_is_unknown_and_bad_dtype_raises(self):
+    self.assertIsNone(metrics.peak_flops_per_device(jax.devices()[0], 'float32'))
+    with self.assertRaisesRegex(ValueError, 'int8.*bfloat16'):
+      metrics.peak_flops_per_device(jax.devices()[0], 'int8')
+
+  def test_mfu(self):
+    self.assertAlmostEqual(metrics.mfu(1000.0, 3e9, 1e13), 0.3)
+    self.assertIsNone(metrics.mfu(1000.0, 3e9, None))

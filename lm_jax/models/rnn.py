@@ -367,6 +367,33 @@ class RNNModel(nn.Module):
         pooled_BxF, train=train)
 
 
+# ---------------------------------------------------------------------------------------------------- model facts
+# What the registry, sweeps and FLOP counting ask of a model family (lm_jax.models.FAMILIES).
+
+def _directions(model_config) -> int:
+  """A bidirectional classifier reads both directions; an LM only forward."""
+  return 2 if model_config.bidirectional and model_config.task == 'classification' else 1
+
+
+def state_size(model_config) -> tuple[int, str]:
+  """(floats, 'per sequence'): the recurrent state, d_model per layer and direction (the LSTM's h and c: 2·d)."""
+  vectors = 2 if model_config.name == 'lstm' else 1
+  return vectors * model_config.num_layers * model_config.d_model * _directions(model_config), 'per sequence'
+
+
+def train_flops_per_token(model_config, *, vocab_size: int, seq_len: int) -> float:
+  """6·g·h·(e + h) per layer and direction (g = CELLS[name].gates; e = the layer's input width), + the head:
+  lm 6·width·V per token, classification 6·width·C per sequence, width = directions·h."""
+  directions, d = _directions(model_config), model_config.d_model
+  gates = CELLS[model_config.name].gates
+  # Stacked layers read the previous layer's outputs, concatenated over directions.
+  inputs = [d] + [directions * d] * (model_config.num_layers - 1)
+  recurrent = sum(6 * directions * gates * d * (e + d) for e in inputs)
+  width = directions * d
+  per_token_head = model_config.num_classes / seq_len if model_config.task == 'classification' else vocab_size
+  return float(recurrent + 6 * width * per_token_head)
+
+
 def from_config(model_config, *, vocab_size: int, max_len: int) -> RNNModel:
   """`config.model` (name rnn | lstm | gru) → the module for `model_config.task`."""
   del max_len  # a recurrence has no position table

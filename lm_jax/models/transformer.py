@@ -350,6 +350,28 @@ class TransformerModel(nn.Module):
                                                                                     head_inputs=head_inputs)
 
 
+# ---------------------------------------------------------------------------------------------------- model facts
+# What the registry, sweeps and FLOP counting ask of a model family (lm_jax.models.FAMILIES).
+
+def state_size(model_config) -> tuple[int, str]:
+  """(floats, 'per token'): the KV cache, keys and values of d_model per layer, for every token kept."""
+  return 2 * model_config.num_layers * model_config.d_model, 'per token'
+
+
+def train_flops_per_token(model_config, *, vocab_size: int, seq_len: int) -> float:
+  """6·L·(4d² + 2d·d_ff) + 12·L·d·T (halved for causal LM) + head: lm/mlm 6·d·V per token, classification
+  6·(d² + d·C) per sequence (pooler + classifier, as in BERT)."""
+  layers_, d, task = model_config.num_layers, model_config.d_model, model_config.task
+  dense = 6 * layers_ * (4 * d * d + 2 * d * model_config.mlp_dim)
+  # QKᵀ and AV: 2·2·T·d per token and layer forward, ×3 with the backward; a causal mask skips half of them.
+  attention_flops = 12 * layers_ * d * seq_len / (2 if task == 'lm' else 1)
+  if task == 'classification':
+    head = 6 * (d * d + d * model_config.num_classes) / seq_len
+  else:
+    head = 6 * d * vocab_size
+  return float(dense + attention_flops + head)
+
+
 def from_config(model_config, *, vocab_size: int, max_len: int) -> TransformerModel:
   """`config.model` (name 'transformer') → the module for `model_config.task`; takes the keys that are
   TransformerConfig fields (the RNN-only ones, name and task are not)."""

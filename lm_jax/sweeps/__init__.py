@@ -6,6 +6,6 @@
     plots     one PNG per grid axis, and accuracy against recurrent state size
 """
 
-from lm_jax.sweeps.variants import Variant, count_params, grid, load, parse_overrides, resolve, state_size
+from lm_jax.sweeps.variants import Variant, count_params, grid, load, parse_overrides, resolve
 
-__all__ = ['Variant', 'count_params', 'grid', 'load', 'parse_overrides', 'resolve', 'state_size']
+__all__ = ['Variant', 'count_params', 'grid', 'load', 'parse_overrides', 'resolve']

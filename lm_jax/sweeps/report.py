@@ -15,6 +15,7 @@ import os
 import ml_collections
 import numpy as np
 
+from lm_jax import models
 from lm_jax import sweeps
 
 INFO_FILE = 'ablate.json'     # per run: parameters and the runner's wall time, summed over attempts
@@ -118,7 +119,7 @@ def summarize(groups: list[Group]) -> tuple[list[str], list[dict]]:
     row = {'variant': group.name, 'n': len(done), 'failed': len(group.failed),
            'seeds': ' '.join(str(r.config.seed) for r in done)}
     if done:
-      floats, unit = sweeps.state_size(done[0].config.model)
+      floats, unit = models.state_size(done[0].config.model)
       row.update(
           params=_one(r.info.get('params') for r in done if 'params' in r.info),
           state=f'{floats} {unit}',

@@ -49,7 +49,7 @@ def dry_run(sweep: str, workdir: str, only: str = '', overrides: Sequence[str] =
   lines, params = [], {}
   for variant in variants:
     config = sweeps.resolve(variant, workdir, overrides)
-    floats, unit = sweeps.state_size(config.model)
+    floats, unit = models.state_size(config.model)
     own = {k: v for k, v in variant.overrides.items() if k not in common}
     shape_key = (config.model.to_json(), config.data.to_json())   # seeds share a model: count it once
     if shape_key not in params:

@@ -145,20 +145,3 @@ def count_params(config: ml_collections.ConfigDict, vocab: int | None = None) ->
   model = models.get_model(config.model, vocab_size=vocab, max_len=config.data.max_len)
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.ones((1, config.data.max_len), jnp.int32))
   return models.count_params(shapes['params'])
-
-
-# Vectors of size d_model a recurrent layer carries per direction: h, plus the LSTM's cell c.
-_RNN_STATE_VECTORS = {'rnn': 1, 'gru': 1, 'lstm': 2}
-
-
-def state_size(model_config) -> tuple[int, str]:
-  """(floats, unit) of what the model keeps about the past: the KV cache per token or the RNN state per sequence.
-
-  transformer: 2·layers·d_model per token (keys and values); rnn/gru: layers·d per sequence and direction; lstm:
-  2·layers·d (h and c). A bidirectional classifier carries both directions.
-  """
-  layers, d = model_config.num_layers, model_config.d_model
-  if model_config.name == 'transformer':
-    return 2 * layers * d, 'per token'
-  directions = 2 if model_config.bidirectional and model_config.task == 'classification' else 1
-  return _RNN_STATE_VECTORS[model_config.name] * layers * d * directions, 'per sequence'

@@ -5,7 +5,7 @@
   python -m lm_jax.tools.bench --case gpt --reference --reference_dir ../shared/reference --rounds 3
 
 A line holds the median, min and max step seconds after `--warmup` steps (compile time apart), tokens/s, the model
-FLOPs per step (`flops.train_flops_per_token`), the achieved FLOP/s and MFU. The peak is the device table's on
+FLOPs per step (`models.train_flops_per_token`), the achieved FLOP/s and MFU. The peak is the device table's on
 accelerators ("peak": "device_table"); on a CPU it is measured in the same run as the median rate of a 2048³
 float32 matmul ("peak": "measured"). Step times include fetching the loss, as `loss.item()` does in the reference.
 
@@ -38,7 +38,7 @@ import numpy as np
 from lm_jax import process
 from lm_jax import configs
 from lm_jax import defaults
-from lm_jax import flops
+from lm_jax import metrics
 from lm_jax import models
 from lm_jax import optim
 from lm_jax import steps
@@ -137,7 +137,7 @@ def peak_flops(dtype: str) -> tuple[float | None, str]:
   devices = jax.devices()
   if devices[0].platform == 'cpu':
     return measured_cpu_peak(), 'measured'
-  per_device = flops.peak_flops_per_device(devices[0], dtype)
+  per_device = metrics.peak_flops_per_device(devices[0], dtype)
   if per_device is None:
     return None, 'unknown'
   return per_device * len(devices), 'device_table'
@@ -167,8 +167,8 @@ class Bench:
     self.compile_s = time.perf_counter() - start
     memory = self.step.memory_analysis()
     self.temp_bytes = None if memory is None else memory.temp_size_in_bytes
-    self.flops_per_step = self.batch * self.seq * flops.train_flops_per_token(
-        mc, vocab_size=case.vocab_size, seq_len=self.seq, task=mc.task)
+    self.flops_per_step = self.batch * self.seq * models.train_flops_per_token(
+        mc, vocab_size=case.vocab_size, seq_len=self.seq)
 
   def _one_step(self) -> float:
     start = time.perf_counter()
