@@ -5,6 +5,7 @@ values an option allows and which numbers must be positive. Every error names th
 allowed. The allowed values are read from the modules that implement them, so each set is declared once.
 """
 
+import difflib
 import importlib.util
 import os
 import sys
@@ -132,6 +133,24 @@ def load(spec: str) -> ml_collections.ConfigDict:
   config = call_file(spec, 'get_config', kind='Config')
   config.lock()
   return config
+
+
+def unknown_key(config: ml_collections.ConfigDict, dotted: str) -> str | None:
+  """Why `dotted` is not a key of `config`, naming the closest valid key; None when it is one.
+
+    unknown_key(c, 'optim.learning_rat') → "config.optim has no key 'learning_rat'; closest: 'learning_rate'"
+  """
+  section, path = config, 'config'
+  for part in dotted.split('.'):
+    if not isinstance(section, ml_collections.ConfigDict):
+      return f'{path} is a value, not a section: it has no key {part!r}'
+    if part not in section:
+      keys = sorted(section.keys())
+      closest = difflib.get_close_matches(part, keys, n=1)
+      hint = f'closest: {closest[0]!r}' if closest else f'valid keys: {", ".join(keys)}'
+      return f'{path} has no key {part!r}; {hint}'
+    section, path = section[part], f'{path}.{part}'
+  return None
 
 
 def override(config: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:

@@ -66,14 +66,30 @@ def run(config, workdir: str, mode: str) -> int:
 
 
 def parse_flags(argv):
-  """absl's flag parsing, plus one line (not a traceback) when the config file itself fails to execute."""
+  """absl's flag parsing, plus one line (not a traceback) for a misspelled override or a config file that fails."""
   try:
     return app.parse_flags_with_usage(argv)
   except Exception as e:  # pylint: disable=broad-exception-caught  # anything raised by executing the config file
-    path = next((a.split('=', 1)[1] for a in argv if a.startswith('--config=')), None)
-    if path is None and '--config' in argv[:-1]:
-      path = argv[argv.index('--config') + 1]
-    sys.exit(f'lm_jax.main: the config file {path!r} failed to load: {type(e).__name__}: {e}')
+    sys.exit(f'lm_jax.main: {_explain_flag_error(argv, e)}')
+
+
+def _explain_flag_error(argv, error: Exception) -> str:
+  """The override that names a key the config lacks, with the closest valid key; else the config file's error."""
+  path = next((a.split('=', 1)[1] for a in argv if a.startswith('--config=')), None)
+  if path is None and '--config' in argv[:-1]:
+    path = argv[argv.index('--config') + 1]
+  from lm_jax import configs  # pylint: disable=g-import-not-at-top
+  try:
+    config = configs.load(path)
+  except Exception:  # pylint: disable=broad-exception-caught  # the file itself fails: say so below
+    config = None
+  for arg in argv:
+    if config is not None and arg.startswith('--config.'):
+      key = arg[len('--config.'):].partition('=')[0]
+      if problem := configs.unknown_key(config, key):
+        return f'{arg}: {problem}.'
+  message = error.args[0] if isinstance(error, KeyError) and error.args else error
+  return f'the config file {path!r} failed to load: {type(error).__name__}: {message}'
 
 
 def main(argv):

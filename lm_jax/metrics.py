@@ -75,6 +75,8 @@ def _duration(seconds: float) -> str:
 
 
 # (metrics key, label in the log line, format)
+_EVALUATED = (('loss', 'loss', '.4f'), ('accuracy', 'acc', '.4f'), ('macro_f1', 'f1', '.4f'),
+              ('perplexity', 'ppl', '.3f'), ('bits_per_byte', 'bpb', '.4f'))
 _LOGGED = (('loss', 'loss', '.3f'), ('accuracy', 'acc', '.3f'), ('lr', 'lr', '.1e'), ('grad_norm', 'gnorm', '.2f'),
            ('param_norm', 'pnorm', '.1f'), ('update_norm', 'unorm', '.1e'), ('skipped', 'skipped', '.0f'))
 
@@ -96,6 +98,16 @@ def format_log_line(step: int, total_steps: int, metrics: dict[str, float], *, m
     parts.append(f'MFU {100 * mfu:.0f}%')
   if eta_seconds is not None and math.isfinite(eta_seconds):
     parts.append(f'eta {_duration(eta_seconds)}')
+  return ' | '.join(parts)
+
+
+def format_eval_line(split: str, step: int, metrics: dict[str, float]) -> str:
+  """`validation step 500 | loss 0.733 | acc 0.753 | ppl 2.08`: an evaluation as one line like the train line.
+
+  Shows the metrics of `_EVALUATED` present; full precision stays in metrics.jsonl and results.json.
+  """
+  parts = [f'{split} step {step}']
+  parts += [f'{label} {float(metrics[key]):{fmt}}' for key, label, fmt in _EVALUATED if key in metrics]
   return ' | '.join(parts)
 
 

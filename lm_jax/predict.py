@@ -35,13 +35,22 @@ def read_texts() -> list[str]:
   if FLAGS.text:
     return list(FLAGS.text)
   if FLAGS.file:
-    with open(FLAGS.file, encoding='utf-8') as f:
-      lines = f.read().splitlines()
+    with open(FLAGS.file, encoding='utf-8', newline='') as f:
+      content = f.read()
   elif sys.stdin.isatty():
     raise ValueError('no input: give --text, --file, or pipe texts (one per line) on stdin.')
   else:
-    lines = sys.stdin.read().splitlines()
-  return [line for line in lines if line.strip()]
+    content = sys.stdin.read()
+  return [line for line in one_text_per_line(content) if line.strip()]
+
+
+def one_text_per_line(content: str) -> list[str]:
+  """Splits on newlines only ('\\n', and '\\r\\n' as one): a text may hold other Unicode line separators (U+2028,
+  U+0085, form feeds, ...) that `str.splitlines` would split it at.
+
+    one_text_per_line('a\\u2028b\\r\\nc\\n') == ['a\\u2028b', 'c', '']
+  """
+  return [line.removesuffix('\r') for line in content.split('\n')]
 
 
 def classify(run, texts) -> list[dict]:

@@ -24,12 +24,33 @@ log = logging.getLogger(__name__)
 
 def start(argv, *, process_index: int = 0) -> None:
   """What every command does first: refuses stray arguments; shows lm_jax's progress at INFO (process 0 only),
-  other libraries from WARNING up; keeps freed host memory in the process (before JAX starts its threads)."""
+  other libraries from WARNING up, as short console lines; keeps freed host memory in the process (before JAX
+  starts its threads)."""
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   keep_freed_memory()
-  absl_logging.set_verbosity(absl_logging.WARNING)   # Orbax alone logs every file it writes at INFO
+  debugging = absl_logging.get_verbosity() >= absl_logging.DEBUG   # --verbosity=1: absl's full lines, all libraries
+  if not debugging:
+    absl_logging.set_verbosity(absl_logging.WARNING)   # Orbax alone logs every file it writes at INFO
+    absl_logging.get_absl_handler().setFormatter(ConsoleFormatter())
   logging.getLogger('lm_jax').setLevel(logging.INFO if process_index == 0 else logging.WARNING)
+
+
+class ConsoleFormatter(logging.Formatter):
+  """`14:02:11 step 20/20 | loss 2.886 | ...`: the time and the message; the level only when above INFO.
+
+  absl's own lines (level, date, thread id, file:line) stay for debugging (`--verbosity=1`).
+  """
+
+  def __init__(self):
+    super().__init__('%(asctime)s %(message)s', datefmt='%H:%M:%S')
+
+  def format(self, record: logging.LogRecord) -> str:
+    line = super().format(record)
+    if record.levelno > logging.INFO:
+      time_stamp, _, message = line.partition(' ')
+      line = f'{time_stamp} {record.levelname} {message}'
+    return line
 
 
 def _glibc_function(name: str):

@@ -273,6 +273,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, devic
         results[split] = final_validation  # the loop evaluated at its last step already
       else:
         results[split] = evaluate(run, state.params, split)
+        log.info(metrics_lib.format_eval_line(split, results['step'], results[split]))
         if writer:
           writer.write(int(state.step), split, results[split])
   finally:  # whatever happens, the checkpoints and metrics written so far are complete on disk
@@ -283,7 +284,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, devic
   if jax.process_index() == 0:
     with open(results_path, 'w') as f:
       json.dump(results, f, indent=2)
-  log.info('Results: %s', results)
+  log.info('Results (full precision): %s', results_path)
   return state, results
 
 
@@ -364,7 +365,7 @@ def train_loop(run: Run, train_iter, writer, log_window: list[dict], signals: St
       eval_start = time.perf_counter()
       val_metrics = evaluate(run, state.params, 'validation')
       process.release_freed_memory()   # what compiling and running the eval step freed
-      log.info('step %d validation: %s', step, val_metrics)
+      log.info(metrics_lib.format_eval_line('validation', step, val_metrics))
       if writer:
         writer.write(step, 'validation', val_metrics)
       timer_start += time.perf_counter() - eval_start  # evaluation time is not training throughput

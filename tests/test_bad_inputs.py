@@ -74,8 +74,15 @@ class BadInputTest(chex.TestCase):
     result = run_main('--config', 'experiments/recall.py', '--workdir', self.create_tempdir().full_path,
                       '--config.optim.learning_rat=1')
     self.assertNotEqual(result.returncode, 0)
-    self.assertIn('learning_rat', result.stderr)
-    self.assertIn('Did you mean "learning_rate"', result.stderr)
+    self.assertEqual(result.stderr.strip(), "lm_jax.main: --config.optim.learning_rat=1: config.optim has no key "
+                     "'learning_rat'; closest: 'learning_rate'.")
+
+  def test_unknown_section(self):
+    result = run_main('--config', 'experiments/recall.py', '--workdir', self.create_tempdir().full_path,
+                      '--config.mesh.data=8')
+    self.assertNotEqual(result.returncode, 0)
+    self.assertRegex(result.stderr.strip(), r"^lm_jax.main: --config.mesh.data=8: config has no key 'mesh'; "
+                     r"valid keys: data, .*, train\.$")
 
   def test_wrong_type(self):
     result = run_main('--config', 'experiments/recall.py', '--workdir', self.create_tempdir().full_path,

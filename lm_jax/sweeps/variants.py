@@ -100,12 +100,12 @@ def parse_overrides(config: ml_collections.ConfigDict, items: Sequence[str]) -> 
     key, has_value, text = item.partition('=')
     if not has_value:
       raise ValueError(f'--override {item!r} is not key=value.')
+    if problem := configs.unknown_key(config, key):
+      raise ValueError(f'--override {item!r}: {problem}.')
     section = config
     *parents, name = key.split('.')
     for part in parents:
       section = section[part]
-    if name not in section:
-      raise ValueError(f'--override {item!r}: config has no key {key!r}.')
     overrides[key] = configs.parse_value(text, like=section[name], what=f'--override {key}')
   return overrides
 
