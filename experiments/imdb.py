@@ -19,6 +19,7 @@ def get_config(variant: str = ''):
   c.data.max_len = 256
   c.model.name = 'transformer'
   c.model.task = 'classification'
+  c.model.num_classes = 2             # negative, positive
   c.optim.learning_rate = 3e-4
   if arg.local:
     c.data.max_len = 128

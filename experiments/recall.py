@@ -10,7 +10,7 @@ held-out examples, and the answers after queries are hidden, as in Zoology.
 Smeared keys (Olsson et al., 2022) are what make this recipe learn: each key mixes in the previous token's key, so a
 query matches the value that followed its key in one layer. Without them the 2-layer decoder must first grow a
 previous-token head, and it sat at loss ~ln 8 (17%: some value of the pairs) through every run of 1000-2500 steps;
-see the README.
+see docs/ablations.md.
 """
 
 from experiments import base

@@ -21,6 +21,13 @@ the online softmax of FlashAttention, Dao et al., 2022): keys in blocks of `key_
 `query_chunk`; per query row it keeps the running max m, the running sum l of exp(s - m) and the running
 Σ exp(s - m)·v (rescaled by exp(m_old - m_new) when m grows). The backward recomputes each block's scores
 (`jax.checkpoint`) instead of storing them, so memory grows with T·S only through the caller's mask and bias.
+
+What today's decoders add, each a pure function applied before attention:
+- `rotary_embedding` (RoPE, Su et al., 2021, eq. 34): rotate each pair (x_i, x_{i+D/2}) of q and k by the angle
+  p·θ^(-2i/D) of the token's position p, so q_t·k_s depends on t − s only.
+- `repeat_kv_heads` (grouped-query attention, Ainslie et al., 2023): G key/value heads, each shared by H/G
+  consecutive query heads (G = 1: multi-query attention, Shazeer, 2019).
+- `sliding_window_mask` (local attention, Beltagy et al., 2020; Mistral): query t sees the `window` latest keys.
 """
 
 import math
@@ -59,6 +66,47 @@ def segment_mask(query_segments_BxT: jax.Array, key_segments_BxS: jax.Array | No
   """Boolean `[B, 1, T, S]`, True where query and key belong to the same packed document (segment id)."""
   key_segments_BxS = query_segments_BxT if key_segments_BxS is None else key_segments_BxS
   return query_segments_BxT[:, None, :, None] == key_segments_BxS[:, None, None, :]
+
+
+def sliding_window_mask(query_index_BxT: jax.Array, key_index_BxS: jax.Array | None = None, *,
+                        window: int) -> jax.Array:
+  """Boolean `[B, 1, T, S]`, True where key s is one of the `window` latest up to query t: 0 <= t − s < window.
+
+  Indices are token slots (not positions that restart in a packed row; the segment mask separates documents).
+  sliding_window_mask(jnp.arange(4)[None], window=2)[0, 0] == [[1, 0, 0, 0],
+                                                               [1, 1, 0, 0],
+                                                               [0, 1, 1, 0],
+                                                               [0, 0, 1, 1]]
+  """
+  if window < 1:
+    raise ValueError(f'sliding_window_mask: window={window} must be >= 1.')
+  key_index_BxS = query_index_BxT if key_index_BxS is None else key_index_BxS
+  distance_BxTxS = query_index_BxT[:, :, None] - key_index_BxS[:, None, :]
+  return ((distance_BxTxS >= 0) & (distance_BxTxS < window))[:, None]
+
+
+def rotary_embedding(x_BxTxHxD: jax.Array, positions_BxT: jax.Array, *, theta: float = 10000.0) -> jax.Array:
+  """RoPE: (x_i, x_{i+D/2}) rotated by the angle p·θ^(-2i/D), i < D/2, p the token's position; x's dtype.
+
+  The half-split pairing of GPT-NeoX and Llama's Hugging Face port. For one pair, D = 2 and position 1:
+  rotary_embedding([[[[1., 0.]]]], [[1]]) == [[[[cos 1, sin 1]]]].
+  """
+  half = x_BxTxHxD.shape[-1] // 2
+  if x_BxTxHxD.shape[-1] % 2:
+    raise ValueError(f'rotary_embedding needs an even head dimension, got {x_BxTxHxD.shape[-1]}.')
+  inv_freq_F = 1.0 / (theta ** (jnp.arange(half, dtype=jnp.float32) * 2.0 / x_BxTxHxD.shape[-1]))
+  angles_BxTx1xF = (positions_BxT.astype(jnp.float32)[:, :, None] * inv_freq_F[None, None, :])[:, :, None, :]
+  cos, sin = jnp.cos(angles_BxTx1xF), jnp.sin(angles_BxTx1xF)
+  x1, x2 = x_BxTxHxD[..., :half].astype(jnp.float32), x_BxTxHxD[..., half:].astype(jnp.float32)
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x_BxTxHxD.dtype)
+
+
+def repeat_kv_heads(kv_BxSxGxD: jax.Array, num_heads: int) -> jax.Array:
+  """`[B, S, H, D]` from G key (or value) heads: head h reads kv head h // (H / G) (grouped-query attention)."""
+  groups = kv_BxSxGxD.shape[2]
+  if num_heads % groups:
+    raise ValueError(f'repeat_kv_heads: {num_heads} query heads do not divide into {groups} key/value heads.')
+  return kv_BxSxGxD if groups == num_heads else jnp.repeat(kv_BxSxGxD, num_heads // groups, axis=2)
 
 
 def combine_masks(*masks: jax.Array | None) -> jax.Array | None:

@@ -13,12 +13,12 @@ import sys
 import ml_collections
 
 POSITIVE = ('data.max_len', 'data.vocab_size', 'model.num_layers', 'model.d_model', 'model.num_heads',
-            'model.mlp_dim', 'model.num_classes', 'optim.grad_accum_steps', 'train.batch_size',
-            'train.eval_batch_size', 'train.log_every_steps', 'train.eval_every_steps', 'train.checkpoint_every_steps',
-            'train.max_to_keep')
+            'model.mlp_dim', 'model.rope_theta', 'model.state_dim', 'model.conv_width', 'optim.grad_accum_steps',
+            'train.batch_size', 'train.eval_batch_size', 'train.log_every_steps', 'train.eval_every_steps',
+            'train.checkpoint_every_steps', 'train.max_to_keep')
 
-NON_NEGATIVE = ('seed', 'optim.learning_rate', 'optim.warmup_steps', 'optim.weight_decay', 'optim.clip_norm',
-                'model.dropout')
+NON_NEGATIVE = ('seed', 'model.num_classes', 'optim.learning_rate', 'optim.warmup_steps', 'optim.weight_decay',
+                'optim.clip_norm', 'model.dropout', 'model.num_kv_heads', 'model.attention_window')
 
 
 def _choices() -> dict:
@@ -26,7 +26,7 @@ def _choices() -> dict:
   # Imported here: loading an experiment file (flags parsing) must not pay for JAX, Flax and TFDS.
   from lm_jax import checkpoint, data, models, optim  # pylint: disable=g-import-not-at-top
   from lm_jax.data import tokenizers  # pylint: disable=g-import-not-at-top
-  from lm_jax.models import layers, transformer  # pylint: disable=g-import-not-at-top
+  from lm_jax.models import blocks, layers, transformer  # pylint: disable=g-import-not-at-top
   return {
       'model.name': tuple(models.MODELS),
       'data.name': tuple(data.SOURCES),
@@ -35,9 +35,12 @@ def _choices() -> dict:
       'model.positions': transformer.POSITIONS,
       'model.attention': transformer.ATTENTIONS,
       'model.hidden_act': tuple(transformer.ACTIVATIONS),
+      'model.mlp': blocks.MLPS,
+      'model.norm': blocks.NORMS,
       'model.pooling': layers.POOLINGS,
       'model.dtype': tuple(layers.DTYPES),
       'optim.schedule': tuple(optim.SCHEDULES),
+      'optim.name': tuple(optim.OPTIMIZERS),
       'train.best_mode': checkpoint.BEST_MODES,
   }
 
@@ -70,6 +73,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.model.name == 'transformer' and config.model.d_model % config.model.num_heads:
     raise ValueError(f'config.model.d_model={config.model.d_model} must divide by '
                      f'config.model.num_heads={config.model.num_heads}.')
+  if config.model.num_kv_heads and config.model.num_heads % config.model.num_kv_heads:
+    raise ValueError(f'config.model.num_heads={config.model.num_heads} must divide by '
+                     f'config.model.num_kv_heads={config.model.num_kv_heads} (each key/value head serves a group).')
   for owner, tasks in ((f'config.model.name={config.model.name!r}', models.tasks(config.model.name)),
                        (f'config.data.name={config.data.name!r}', data.SOURCES[config.data.name].tasks)):
     if config.model.task not in tasks:
@@ -132,6 +138,25 @@ def load(spec: str) -> ml_collections.ConfigDict:
     sys.path.insert(0, root)
   config = call_file(spec, 'get_config', kind='Config')
   config.lock()
+  return config
+
+
+def from_saved(saved: dict) -> ml_collections.ConfigDict:
+  """The default config with the values of `saved` (a run's config.json) for every key it holds: a run saved before
+  a key existed gets that key's default; a key lm_jax no longer has is dropped."""
+  from lm_jax import defaults  # pylint: disable=g-import-not-at-top
+  config = defaults.get_config()
+
+  def merge(section, values):
+    for key, value in values.items():
+      if key not in section:
+        continue
+      if isinstance(section[key], ml_collections.ConfigDict):
+        merge(section[key], value)
+      else:
+        section[key] = tuple(value) if isinstance(section[key], tuple) else value
+
+  merge(config, saved)
   return config
 
 

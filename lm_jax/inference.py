@@ -25,6 +25,7 @@ import numpy as np
 
 from lm_jax import checkpoint
 from lm_jax import models
+from lm_jax import workdir as workdir_lib
 from lm_jax.data import corpus
 from lm_jax.data import tokenizers
 from lm_jax.models.generate import left_pad
@@ -55,6 +56,7 @@ class LoadedRun:
   def __init__(self, config: ml_collections.ConfigDict, tokenizer, model, params, *, step: int, workdir: str):
     self.config, self.tokenizer, self.model, self.params = config, tokenizer, model, params
     self.step, self.workdir = step, workdir
+    self.label_names = workdir_lib.read_label_names(workdir)   # a classifier trained on named labels, else None
     self._apply = jax.jit(lambda params, ids, kwargs: model.apply({'params': params}, ids, **kwargs))
 
   @property
@@ -122,6 +124,15 @@ class LoadedRun:
         ends = np.flatnonzero(new == self.tokenizer.eos_id)
         out.append(self.tokenizer.decode(new[:ends[0]] if len(ends) else new))
     return out
+
+
+def one_text_per_line(content: str) -> list[str]:
+  """Splits on newlines only ('\\n', and '\\r\\n' as one): a text may hold other Unicode line separators (U+2028,
+  U+0085, form feeds, ...) that `str.splitlines` would split it at.
+
+    one_text_per_line('a\\u2028b\\r\\nc\\n') == ['a\\u2028b', 'c', '']
+  """
+  return [line.removesuffix('\r') for line in content.split('\n')]
 
 
 def _read_config(workdir: str) -> ml_collections.ConfigDict:

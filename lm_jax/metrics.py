@@ -41,7 +41,8 @@ class MetricsWriter:
                                               purge_step=resume_step + 1 if resume_step else None)
 
   def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
-    values = {name: float(value) for name, value in metrics.items()}
+    # Scalars only: a classifier's per-class figures and confusion matrix go to results.json.
+    values = {name: float(value) for name, value in metrics.items() if not isinstance(value, (dict, list))}
     self._jsonl.write(json.dumps({'step': int(step), 'split': split, **values}) + '\n')
     self._jsonl.flush()
     self.lines += 1

@@ -32,6 +32,7 @@ FLAGS = flags.FLAGS
 
 
 def read_texts() -> list[str]:
+  from lm_jax import inference  # pylint: disable=g-import-not-at-top  (heavy: JAX)
   if FLAGS.text:
     return list(FLAGS.text)
   if FLAGS.file:
@@ -41,22 +42,14 @@ def read_texts() -> list[str]:
     raise ValueError('no input: give --text, --file, or pipe texts (one per line) on stdin.')
   else:
     content = sys.stdin.read()
-  return [line for line in one_text_per_line(content) if line.strip()]
-
-
-def one_text_per_line(content: str) -> list[str]:
-  """Splits on newlines only ('\\n', and '\\r\\n' as one): a text may hold other Unicode line separators (U+2028,
-  U+0085, form feeds, ...) that `str.splitlines` would split it at.
-
-    one_text_per_line('a\\u2028b\\r\\nc\\n') == ['a\\u2028b', 'c', '']
-  """
-  return [line.removesuffix('\r') for line in content.split('\n')]
+  return [line for line in inference.one_text_per_line(content) if line.strip()]
 
 
 def classify(run, texts) -> list[dict]:
   result = run.classify(texts, batch_size=FLAGS.batch_size)
-  return [{'text': text, 'label': int(label), 'probability': float(probs[label]),
-           'probabilities': [round(float(p), 6) for p in probs]}
+  names = run.label_names or [str(k) for k in range(result.probabilities.shape[-1])]
+  return [{'text': text, 'label': names[label], 'label_id': int(label), 'probability': float(probs[label]),
+           'probabilities': {name: round(float(p), 6) for name, p in zip(names, probs)}}
           for text, label, probs in zip(texts, result.labels, result.probabilities)]
 
 

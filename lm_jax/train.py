@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import signal
 import threading
 import time
@@ -27,19 +26,21 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from lm_jax import baseline
 from lm_jax import checkpoint
 from lm_jax import data as data_lib
-from lm_jax import process
 from lm_jax import metrics as metrics_lib
 from lm_jax import models
 from lm_jax import optim
+from lm_jax import process
+from lm_jax import report
+from lm_jax import row_gradients
 from lm_jax import steps
+from lm_jax import workdir as workdir_lib
 
 # Two CPU "devices" deadlock in the collectives' rendezvous when ~50 jit(shard_map) steps are queued without a
 # sync point. Waiting every few steps costs nothing measurable and keeps the queue short everywhere.
 SYNC_EVERY_STEPS = 8
-# Config sections that fix the parameters and the tokenizer: a workdir cannot be resumed with other values.
-FROZEN_SECTIONS = ('model', 'data')
 # Step metrics that measure the machine, not the run: they differ between an interrupted and an uninterrupted run.
 TIMING_METRICS = ('steps_per_sec', 'tokens_per_sec')
 log = logging.getLogger(__name__)
@@ -72,55 +73,13 @@ def check_batch_sizes(config, num_devices):
                      f'batch ({per_device}).')
 
 
-def prepare_workdir(config, workdir):
-  """Creates the workdir; refuses a file, an unwritable directory, or a workdir of another model or data."""
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise NotADirectoryError(f'--workdir={workdir!r} is a file; give a directory (it is created if missing).')
-  os.makedirs(workdir, exist_ok=True)
-  if not os.access(workdir, os.W_OK):
-    raise PermissionError(f'--workdir={workdir!r} is not writable.')
-  path = os.path.join(workdir, 'config.json')
-  if os.path.exists(path):
-    with open(path) as f:
-      saved = json.load(f)
-    current = json.loads(config.to_json())
-    changed = [f'{section}.{key}: {saved[section].get(key)!r} -> {value!r}'
-               for section in FROZEN_SECTIONS for key, value in current[section].items()
-               if saved.get(section, {}).get(key) != value]
-    if changed:
-      raise ValueError(f'{workdir} holds a run of another model or data ({"; ".join(changed)}). Use a new --workdir, '
-                       'or set config.init_from to start from its weights.')
-
-
-def save_config(config, workdir):
-  """WORKDIR/config.json: the resolved config of the run, written once its checkpoint (if any) has restored."""
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      json.dump(json.loads(config.to_json()), f, indent=2)
-
-
-def inherit_tokenizer(init_from, workdir):
-  """A run initialized from another reads token ids as that run wrote them: it takes over that run's tokenizer.
-
-  init_from is a workdir or a checkpoint step directory inside one (WORKDIR/checkpoints/STEP).
-  """
-  own = os.path.join(workdir, 'tokenizer')
-  candidates = [os.path.join(init_from, *['..'] * up, 'tokenizer') for up in range(3)]
-  source = next((c for c in candidates if os.path.isdir(c)), None)
-  if source is None:
-    raise FileNotFoundError(f'config.init_from={init_from!r}: no tokenizer/ found in it or its parent run directory; '
-                            'init_from must be a workdir of lm_jax.main or a checkpoint step inside one.')
-  if not os.path.exists(own):
-    shutil.copytree(source, own)
-
-
 def prepare_data(config, workdir) -> data_lib.Data:
   """The run's Data. With several processes, process 0 makes the tokenizer (and tokenizes) first; the others wait,
   then load what it saved, so that a tokenizer is trained once and every process reads token ids the same way."""
 
   def load():
     if config.init_from:
-      inherit_tokenizer(config.init_from, workdir)
+      workdir_lib.inherit_tokenizer(config.init_from, workdir)
     return data_lib.get_dataset(config.data, task=config.model.task, seed=config.seed,
                                 tokenizer_dir=os.path.join(workdir, 'tokenizer'))
 
@@ -170,12 +129,11 @@ def prepare_run(config, workdir, devices=None) -> Run:
   """Checks the config against the devices and the workdir, then builds everything a run needs but the loop."""
   mesh = make_mesh(devices)
   check_batch_sizes(config, mesh.size)
-  prepare_workdir(config, workdir)
+  workdir_lib.prepare(config, workdir)
   data = prepare_data(config, workdir)
-  if config.model.task == 'classification' and data.num_labels() > config.model.num_classes:
-    # Out-of-range labels would not fail: the loss would silently train on clamped labels.
-    raise ValueError(f'The data has labels 0..{data.num_labels() - 1}, more than '
-                     f'config.model.num_classes={config.model.num_classes}: raise it.')
+  if config.model.task == 'classification':
+    check_num_classes(config, data)
+    workdir_lib.check_and_save_label_names(config, workdir, data.label_names)
   model = models.get_model(config.model, vocab_size=data.tokenizer.vocab_size, max_len=config.data.max_len)
   total_steps = total_steps_of(config, data)
   optimizer = optim.make_optimizer(config.optim, total_steps)
@@ -185,24 +143,42 @@ def prepare_run(config, workdir, devices=None) -> Run:
              total_steps, steps.make_eval_step(model, mesh, token_bytes), ckpt)
 
 
+def check_num_classes(config, data) -> None:
+  """model.num_classes = the data's classes when 0; else it must cover every label (out-of-range labels would not
+  fail: the loss would silently train on clamped labels)."""
+  if config.model.num_classes == 0:
+    config.model.num_classes = data.num_labels()
+  elif data.label_names is not None and config.model.num_classes != data.num_labels():
+    raise ValueError(f'config.model.num_classes={config.model.num_classes}, but the data names '
+                     f'{data.num_labels()} classes {list(data.label_names)}: set it to 0 (follow the data).')
+  elif data.num_labels() > config.model.num_classes:
+    raise ValueError(f'The data has labels 0..{data.num_labels() - 1}, more than '
+                     f'config.model.num_classes={config.model.num_classes}: raise it, or set it to 0 (as the data).')
+
+
 def to_global(batch, mesh):
   """Process-local numpy batch → global jax arrays sharded over 'data'."""
   sharding = NamedSharding(mesh, P('data'))
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
 
 
-def evaluate(run: Run, params, split: str) -> dict[str, float]:
+def evaluate(run: Run, params, split: str) -> dict:
+  return evaluate_split(run.eval_step, params, run.data, split, run.mesh, run.config)
+
+
+def evaluate_split(eval_step, params, data: data_lib.Data, split: str, mesh, config) -> dict:
+  """The metrics of `split` (`steps.summarize`), over at most train.max_eval_batches batches."""
   totals = None
-  for i, batch in enumerate(run.data.eval_batches(split, run.config.train.eval_batch_size)):
-    if 0 <= run.config.train.max_eval_batches <= i:
+  for i, batch in enumerate(data.eval_batches(split, config.train.eval_batch_size)):
+    if 0 <= config.train.max_eval_batches <= i:
       break
-    sums = run.eval_step(params, to_global(batch, run.mesh))
+    sums = eval_step(params, to_global(batch, mesh))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     if i % SYNC_EVERY_STEPS == SYNC_EVERY_STEPS - 1:
       jax.block_until_ready(totals)
   if totals is None:
-    raise ValueError(f'The {split!r} split produced no batches: it has {run.data.num_examples(split)} examples.')
-  return steps.summarize(jax.device_get(totals), run.config.model.task)
+    raise ValueError(f'The {split!r} split produced no batches: it has {data.num_examples(split)} examples.')
+  return steps.summarize(jax.device_get(totals), config.model.task, data.label_names)
 
 
 # ---------------------------------------------------------------------------------------------------- the loop
@@ -250,7 +226,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, devic
   if restored is not None:
     _, run.state, loop_state = restored
     train_iter.set_state(loop_state['data'])
-  save_config(config, workdir)
+  workdir_lib.save_config(config, workdir)
   step = int(run.state.step)
   results_path = os.path.join(workdir, 'results.json')
   if step >= run.total_steps and os.path.exists(results_path):
@@ -282,10 +258,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, devic
     if writer:
       writer.close()
   if jax.process_index() == 0:
+    if config.model.task == 'classification':
+      add_baseline_and_reports(run, results)
     with open(results_path, 'w') as f:
       json.dump(results, f, indent=2)
   log.info('Results (full precision): %s', results_path)
   return state, results
+
+
+def add_baseline_and_reports(run: Run, results: dict) -> None:
+  """results['baseline']: the bag-of-words baseline on the same splits; WORKDIR/reports/: each split's report."""
+  results['baseline'] = baseline.for_run(run.data, run.data.eval_splits, num_classes=run.config.model.num_classes,
+                                         seed=run.config.seed)
+  if 'skipped' in results['baseline']:
+    log.info('Baseline skipped: %s.', results['baseline']['skipped'])
+  for split in run.data.eval_splits:
+    if split in results['baseline']:
+      log.info(metrics_lib.format_eval_line(f'baseline {split}', results['step'], results['baseline'][split]))
+  report.write_reports(os.path.join(run.workdir, 'reports'), results)
 
 
 def check_finite(fetched: list[dict], last_step: int, run: Run) -> None:
@@ -318,8 +308,11 @@ def train_loop(run: Run, train_iter, writer, log_window: list[dict], signals: St
   Returns the final state and the validation metrics of the last step (None when no step was run).
   """
   config, total = run.config, run.total_steps
+  rows, path = row_gradients.for_training(run.model, run.state.params, config.optim, total,
+                                          config.train.batch_size * config.data.max_len)
+  log.info('Gradient path: %s.', path)
   train_step = steps.make_train_step(run.model, run.optimizer, run.mesh, config.optim.grad_accum_steps,
-                               skip_nonfinite=config.train.skip_nonfinite_steps)
+                                     skip_nonfinite=config.train.skip_nonfinite_steps, rows=rows)
   tokens_per_step = config.train.batch_size * config.data.max_len
   peak = metrics_lib.peak_flops_per_device(jax.devices()[0], config.model.dtype)
   flops_per_token = models.train_flops_per_token(config.model, vocab_size=run.data.tokenizer.vocab_size,
@@ -372,7 +365,8 @@ def train_loop(run: Run, train_iter, writer, log_window: list[dict], signals: St
     if at_ckpt:
       loop_state = {'data': train_iter.get_state(), 'log_window': log_window,
                     'metrics_lines': writer.lines if writer else 0}
-      run.ckpt.save(step, state, loop_state=loop_state, metrics=val_metrics, force=bool(stop))
+      scalars = val_metrics and {k: v for k, v in val_metrics.items() if isinstance(v, float)}
+      run.ckpt.save(step, state, loop_state=loop_state, metrics=scalars, force=bool(stop))
     if stop:
       run.ckpt.wait_until_finished()
       raise Preempted(step, stop, run.workdir)

@@ -11,10 +11,12 @@ import tempfile
 from unittest import mock
 
 import chex
+import fixtures
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import pytest
 
 from lm_jax import checkpoint
 from lm_jax import configs
@@ -51,6 +53,7 @@ def read(path):
     return f.read()
 
 
+@pytest.mark.slow   # trains a sweep of five runs, twice
 class TinySweepTest(chex.TestCase):
 
   @classmethod
@@ -267,6 +270,7 @@ class SeriesTest(chex.TestCase):
     self.assertEqual(sweep_plots.series_names(unlabelled), ['gru', 'gru'])
 
 
+@pytest.mark.slow   # prepares IMDB and trains two sweeps
 class ImdbSweepsTest(chex.TestCase):
   """The IMDB sweeps on the generated imdb_reviews the other tests prepare offline, shrunk by --override."""
 
@@ -276,10 +280,8 @@ class ImdbSweepsTest(chex.TestCase):
     from test_data_imdb import prepare_offline  # pylint: disable=g-import-not-at-top
     cls.tmp = tempfile.TemporaryDirectory()
     data_dir = os.path.join(cls.tmp.name, 'tfds')
-    data_config = configs.load(os.path.join(REPO, 'experiments/imdb.py')).data
-    with data_config.unlocked():
-      data_config.tfds_data_dir, data_config.vocab_size = data_dir, 300
-    prepare_offline(cls.tmp.name, data_config, os.path.join(cls.tmp.name, 'tok'))
+    prepare_offline(cls.tmp.name, fixtures.data('imdb_reviews', tfds_data_dir=data_dir, vocab_size=300),
+                    os.path.join(cls.tmp.name, 'tok'))
     cls.overrides = [f'data.tfds_data_dir={data_dir}', 'data.download=false', 'data.vocab_size=300',
                      'data.max_len=64', 'model.num_layers=1', 'model.d_model=32', 'model.num_heads=2',
                      'model.mlp_dim=64', 'train.num_steps=4', 'train.log_every_steps=2', 'train.eval_every_steps=2',

@@ -241,10 +241,9 @@ class ChunkedAttentionTest(chex.TestCase):
       attention.chunked_dot_product_attention(q, k, v, key_chunk=0)
 
   def test_transformer_with_chunked_attention_equals_dense(self):
-    from experiments import base  # pylint: disable=g-import-not-at-top
+    import fixtures  # pylint: disable=g-import-not-at-top
     from lm_jax import models  # pylint: disable=g-import-not-at-top
-    config = base.get_config().model
-    config.update(dict(task='lm', num_layers=1, d_model=16, num_heads=2, mlp_dim=32, attention_bias='alibi'))
+    config = fixtures.model(task='lm', attention_bias='alibi')
     ids = jax.random.randint(jax.random.key(25), (2, 12), 1, 50)
     logits = {}
     for name in ('dense', 'chunked'):

@@ -6,12 +6,13 @@ import sys
 import tempfile
 
 import chex
+import fixtures
 import jax
 import numpy as np
+import pytest
 
 from lm_jax.tools import attention_maps
 from lm_jax import train
-from test_train import tiny_recall_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -34,6 +35,7 @@ def reference_weights(params, ids_T, num_heads):
   return weights / weights.sum(-1, keepdims=True)
 
 
+@pytest.mark.slow   # trains a decoder, then runs the tool (one test in a subprocess)
 class AttentionMapsTest(chex.TestCase):
 
   @classmethod
@@ -41,9 +43,8 @@ class AttentionMapsTest(chex.TestCase):
     super().setUpClass()
     cls.tmp = tempfile.TemporaryDirectory()
     cls.workdir = os.path.join(cls.tmp.name, 'recall')
-    config = tiny_recall_config(num_steps=10)
-    config.model.num_layers = 2
-    config.model.attention_bias = 'none'
+    config = fixtures.recall({'train.num_steps': 10, 'model.num_layers': 2, 'model.attention_bias': 'none',
+                              'model.smeared_keys': False})
     cls.state, _ = train.train_and_evaluate(config, cls.workdir)
 
   @classmethod

@@ -13,22 +13,20 @@ import sys
 from unittest import mock
 
 import chex
+import fixtures
+import pytest
 
-from lm_jax import configs
 from lm_jax import main
 from lm_jax import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = {'data.max_len': 32, 'data.vocab_size': 32, 'data.mqar.num_pairs': 4, 'data.mqar.num_queries': 4,
-        'data.mqar.num_eval': 32, 'model.num_layers': 1, 'model.d_model': 32, 'model.num_heads': 2,
-        'model.mlp_dim': 64, 'train.batch_size': 8, 'train.eval_batch_size': 16, 'train.num_steps': 4,
+TINY = {'data.mqar.num_eval': 32, 'train.batch_size': 8, 'train.eval_batch_size': 16, 'train.num_steps': 4,
         'train.log_every_steps': 2, 'train.eval_every_steps': 4, 'train.checkpoint_every_steps': 2}
 
 
 def tiny(**overrides):
   """A 4-step recall run, with `overrides` given as keyword arguments with '__' for '.' (model__d_model=64)."""
-  config = configs.override(configs.load(os.path.join(REPO, 'experiments/recall.py')), TINY)
-  return configs.override(config, {k.replace('__', '.'): v for k, v in overrides.items()})
+  return fixtures.recall({**TINY, **{k.replace('__', '.'): v for k, v in overrides.items()}})
 
 
 def run_main(*args):
@@ -143,6 +141,7 @@ class BadInputTest(chex.TestCase):
     config = tiny(data__name='text_files', data__paths=self.text_corpus(''), data__tokenizer='bytes')
     self.assert_user_error(config, self.create_tempdir().full_path, r'0 document\(s\)', 'data.validation_fraction')
 
+  @pytest.mark.slow   # tokenizes a 10 MB document and trains on it
   def test_empty_texts_bad_utf8_and_a_10mb_document_train(self):
     tmp = self.create_tempdir()
     words = ' '.join(['the cat sat on the mat'] * 20)
@@ -158,21 +157,54 @@ class BadInputTest(chex.TestCase):
   def test_label_out_of_range(self):
     path = self.text_corpus('\n'.join(json.dumps({'text': f'review {i}', 'label': i % 5}) for i in range(40)),
                             'reviews.jsonl')
-    config = tiny(data__name='jsonl', data__paths=path, data__tokenizer='bytes', model__task='classification')
+    config = tiny(data__name='jsonl', data__paths=path, data__tokenizer='bytes', model__task='classification',
+                  model__num_classes=2)
     self.assert_user_error(config, self.create_tempdir().full_path,
                            r'labels 0\.\.4, more than config\.model\.num_classes=2')
 
   def test_negative_label(self):
-    path = self.text_corpus('text,label\ngood film,1\nbad film,-1\n', 'reviews.csv')
+    path = self.text_corpus('{"text": "good film", "label": 1}\n{"text": "bad film", "label": -1}\n', 'reviews.jsonl')
+    config = tiny(data__name='jsonl', data__paths=path, data__tokenizer='bytes', model__task='classification')
+    self.assert_user_error(config, self.create_tempdir().full_path,
+                           r"reviews\.jsonl:2: label -1 \(data\.label_column\) is neither a class name")
+
+  def test_mixed_names_and_integer_labels(self):
+    path = self.text_corpus('text,label\ngood film,1\nbad film,negative\n', 'reviews.csv')
     config = tiny(data__name='csv', data__paths=path, data__tokenizer='bytes', model__task='classification')
     self.assert_user_error(config, self.create_tempdir().full_path,
-                           r"reviews\.csv:3: label '-1' \(data\.label_column\) is not a non-negative integer")
+                           r"reviews\.csv:3: label 'negative' and .*reviews\.csv:2: label 1 mix class names and "
+                           'integer ids')
+
+  def test_unknown_label_in_the_test_file(self):
+    train = self.text_corpus('text,label\ngood film,pos\nbad film,neg\n', 'train.csv')
+    test = self.text_corpus('text,label\nodd film,meh\n', 'test.csv')
+    config = tiny(data__name='csv', data__paths=train, data__test_paths=test, data__validation_fraction=0.0,
+                  data__tokenizer='bytes', model__task='classification')
+    self.assert_user_error(config, self.create_tempdir().full_path,
+                           r"test\.csv:2: label 'meh' of the test split is not one of the classes of the training "
+                           r"files \(data\.paths\): \['neg', 'pos'\]")
+
+  def test_label_names_missing_a_label(self):
+    path = self.text_corpus('text,label\ngood film,pos\nbad film,neg\n', 'reviews.csv')
+    config = tiny(data__name='csv', data__paths=path, data__tokenizer='bytes', model__task='classification',
+                  data__label_names=('pos',))
+    self.assert_user_error(config, self.create_tempdir().full_path,
+                           r"reviews\.csv:3: label 'neg' of the train split is not one of the classes of "
+                           r"data\.label_names: \['pos'\]")
+
+  def test_test_file_without_the_label_column(self):
+    train = self.text_corpus('text,label\ngood film,pos\nbad film,neg\n', 'train.csv')
+    test = self.text_corpus('text\nodd film\n', 'test.csv')
+    config = tiny(data__name='csv', data__paths=train, data__test_paths=test, data__validation_fraction=0.0,
+                  data__tokenizer='bytes', model__task='classification')
+    self.assert_user_error(config, self.create_tempdir().full_path,
+                           r"test\.csv: no column 'label'; the header has \['text'\]")
 
   def test_non_integer_label(self):
     path = self.text_corpus('{"text": "good film", "label": 1.5}\n', 'reviews.jsonl')
     config = tiny(data__name='jsonl', data__paths=path, data__tokenizer='bytes', model__task='classification')
     self.assert_user_error(config, self.create_tempdir().full_path,
-                           r'reviews\.jsonl:1: label 1\.5 \(data\.label_column\) is not a non-negative integer')
+                           r'reviews\.jsonl:1: label 1\.5 \(data\.label_column\) is neither a class name')
 
   def test_csv_without_the_named_column(self):
     path = self.text_corpus('review,label\ngood film,1\n', 'reviews.csv')
@@ -213,6 +245,7 @@ class BadInputTest(chex.TestCase):
     self.assert_user_error(tiny(init_from=source, model__mlp_dim=96), self.create_tempdir().full_path,
                            r'init_from .*parameter\(s\) cannot be loaded', r'float32\[32, 64\]', 'init_from_reinit')
 
+  @pytest.mark.slow   # trains, then resumes
   def test_corrupted_checkpoint(self):
     workdir = self.trained()
     for root, _, names in os.walk(os.path.join(workdir, 'checkpoints')):
@@ -222,6 +255,7 @@ class BadInputTest(chex.TestCase):
             f.write(b'\x00garbage\xff' * 4)
     self.assert_user_error(tiny(), workdir, 'No checkpoint in .* could be restored', 'step 4', mode='evaluate')
 
+  @pytest.mark.slow   # trains two runs
   def test_tokenizer_of_another_vocabulary(self):
     corpus = self.text_corpus('\n\n'.join(f'sentence number {i} about films and plots' for i in range(300)))
     text = dict(data__name='text_files', data__paths=corpus, data__tokenizer='sentencepiece', data__vocab_size=400)
@@ -235,6 +269,10 @@ class BadInputTest(chex.TestCase):
   def test_evaluate_on_an_empty_workdir(self):
     self.assert_user_error(tiny(), self.create_tempdir().full_path, r'No checkpoints in .* train first',
                            mode='evaluate')
+
+  def test_unknown_optimizer(self):
+    self.assert_user_error(tiny(optim__name='adam'), self.create_tempdir().full_path,
+                           r"config\.optim\.name='adam' is not one of \('adamw', 'adafactor', 'lion', 'sgd'\)")
 
 
 class SafeLoadingTest(chex.TestCase):

@@ -9,6 +9,7 @@ import textwrap
 
 import chex
 import numpy as np
+import pytest
 
 from lm_jax.tools import bench
 
@@ -39,6 +40,7 @@ class BenchTest(chex.TestCase):
       self.assertEqual(config.optim.clip_norm, 0.0, name)
       self.assertEqual(config.optim.learning_rate, 2e-5, name)
 
+  @pytest.mark.slow   # the benchmark's command in a subprocess
   def test_reference_mode_prints_fields_alternation_and_ratio(self):
     reference_dir = self.create_tempdir().full_path
     with open(os.path.join(reference_dir, 'torch_lstm_bench.py'), 'w') as f:  # stands in for the torch script
@@ -73,6 +75,7 @@ class BenchTest(chex.TestCase):
     expected = FAKE_TORCH_SECONDS / np.median(ratio['lm_jax_median_s'])
     np.testing.assert_allclose(ratio['ratio'], expected, rtol=1e-9)
 
+  @pytest.mark.slow   # the GPU check script's whole dry run
   def test_gpu_check_dry_run(self):
     logs = self.create_tempdir().full_path
     result = subprocess.run(['bash', 'lm_jax/tools/gpu_check.sh', '--dry_run'], cwd=ROOT, env={**ENV, 'OUT': logs},

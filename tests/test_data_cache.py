@@ -12,10 +12,11 @@ import time
 from unittest import mock
 
 import chex
+import fixtures
 import jax
 import numpy as np
+import pytest
 
-from experiments import base
 from lm_jax import data as data_lib
 from lm_jax.data import cache
 from lm_jax.data import corpus as corpus_lib
@@ -48,12 +49,10 @@ def _reference_docs(paths):
 
 
 def _config(paths, cache_dir, **overrides):
-  cfg = base.get_config().data
-  cfg.name, cfg.paths, cfg.cache_dir = 'text_files', ','.join(paths), cache_dir
-  cfg.tokenizer, cfg.vocab_size, cfg.max_len, cfg.validation_fraction = 'sentencepiece', 300, 16, 0.0
-  for key, value in overrides.items():
-    cfg[key] = value
-  return cfg
+  """text_files over `paths`, cached in `cache_dir`, with a trained 300-piece SentencePiece and 16 tokens."""
+  return fixtures.data(**{'name': 'text_files', 'paths': ','.join(paths), 'cache_dir': cache_dir,
+                          'tokenizer': 'sentencepiece', 'vocab_size': 300, 'max_len': 16, 'validation_fraction': 0.0,
+                          **overrides})
 
 
 def _all_rows(data, split):
@@ -182,19 +181,21 @@ class CacheTest(chex.TestCase):
     self.assertEqual(gc.get_freeze_count(), 0)
     self.assertGreater(min(frozen), 1000)
 
+  @pytest.mark.slow   # a build in a subprocess, killed
   def test_killed_build_is_detected_and_rebuilt(self):
     tokenizer_dir = self.create_tempdir().full_path
     tokenizers.save(tokenizers.ByteTokenizer(), tokenizer_dir)
     marker = os.path.join(self.create_tempdir().full_path, 'started')
     script = textwrap.dedent(f'''
+        import sys
         import time
         from unittest import mock
         from lm_jax.data import cache
         from lm_jax.data import text_files
-        from experiments import base
-        cfg = base.get_config().data
-        cfg.name, cfg.paths, cfg.cache_dir, cfg.tokenizer = 'text_files', {','.join(self.paths)!r}, {self.cache_dir!r}, 'bytes'
-        cfg.validation_fraction = 0.0
+        sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
+        import fixtures
+        cfg = fixtures.data('text_files', paths={','.join(self.paths)!r}, cache_dir={self.cache_dir!r},
+                            validation_fraction=0.0)
         def slow(*args):
           open({marker!r}, 'w').close()
           time.sleep(600)

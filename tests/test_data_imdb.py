@@ -8,10 +8,10 @@ import time
 from unittest import mock
 
 import chex
+import fixtures
 import numpy as np
 import tensorflow_datasets as tfds
 
-from experiments import base
 from lm_jax import data as data_lib
 from lm_jax.data import tfds_source
 
@@ -45,11 +45,8 @@ def _write_archive(path):
 
 
 def _config(data_dir, **overrides):
-  cfg = base.get_config().data
-  cfg.tfds_data_dir, cfg.vocab_size, cfg.max_len, cfg.download = data_dir, 300, 64, False
-  for key, value in overrides.items():
-    cfg[key] = value
-  return cfg
+  return fixtures.data('imdb_reviews', **{'tfds_data_dir': data_dir, 'vocab_size': 300, 'max_len': 64,
+                                          'download': False, **overrides})
 
 
 def prepare_offline(directory, data_config, tokenizer_dir):

@@ -12,21 +12,14 @@ import tracemalloc
 from unittest import mock
 
 import chex
+import fixtures
 import numpy as np
 
-from experiments import base
 from lm_jax import data as data_lib
 from lm_jax.data import corpus as corpus_lib
+from lm_jax.data import labels as labels_lib
 from lm_jax.data import text_files
 from lm_jax.data import tokenizers
-
-
-def _config(name, paths, **overrides):
-  cfg = base.get_config().data
-  cfg.name, cfg.paths, cfg.tokenizer, cfg.max_len = name, paths, 'bytes', 32
-  for key, value in overrides.items():
-    cfg[key] = value
-  return cfg
 
 
 def _segments(data, split):
@@ -60,8 +53,8 @@ class TextFilesTest(chex.TestCase):
       expected += docs
       root.create_file(f'part{f}.txt', content='\n\n'.join(docs) + '\n \n\n')
     root.create_file('skipped.md', content='not matched')
-    data = data_lib.get_dataset(_config('text_files', os.path.join(root.full_path, '*.txt')), task='lm', seed=0,
-                                tokenizer_dir=self.create_tempdir().full_path)
+    data = data_lib.get_dataset(fixtures.data('text_files', paths=os.path.join(root.full_path, '*.txt')), task='lm',
+                                seed=0, tokenizer_dir=self.create_tempdir().full_path)
     train, validation = _segments(data, 'train'), _segments(data, 'validation')
     self.assertEqual((len(train), len(validation)), (41, 4))   # round(45 * 0.1)
     self.assertEqual(sorted(train + validation), sorted(expected))
@@ -73,7 +66,7 @@ class TextFilesTest(chex.TestCase):
     content = (b'caf\xe9 ok\n\n' + 'ctrl\x00\x07\x9b chars\n\n'.encode()   # C0 and C1 controls
                + 'tab\there\u00a0nbsp'.encode() + b'\n\n   \n\n' + long_doc.encode() + b'\n\nplain')
     root.create_file('bad.txt', content=content, mode='wb')
-    cfg = _config('text_files', os.path.join(root.full_path, 'bad.txt'), validation_fraction=0.0)
+    cfg = fixtures.data('text_files', paths=os.path.join(root.full_path, 'bad.txt'), validation_fraction=0.0)
     data = data_lib.get_dataset(cfg, task='mlm', seed=0, tokenizer_dir=self.create_tempdir().full_path)
     self.assertEqual(data.eval_splits, ())
     docs = _segments(data, 'train')
@@ -91,7 +84,8 @@ class TextFilesTest(chex.TestCase):
     rng = np.random.default_rng(5)
     root = self.create_tempdir()
     root.create_file('a.txt', content='\n\n'.join(_random_words(rng, 30) for _ in range(40)))
-    cfg = _config('text_files', os.path.join(root.full_path, 'a.txt'), tokenizer='sentencepiece', vocab_size=300)
+    cfg = fixtures.data('text_files', paths=os.path.join(root.full_path, 'a.txt'), tokenizer='sentencepiece',
+                        vocab_size=300)
     tokenizer_dir = self.create_tempdir().full_path
     first = data_lib.get_dataset(cfg, task='lm', seed=0, tokenizer_dir=tokenizer_dir)
     with mock.patch.object(tokenizers.SentencePieceTokenizer, 'train', side_effect=AssertionError('retrained')):
@@ -116,10 +110,12 @@ class TextFilesTest(chex.TestCase):
 
   def test_path_errors(self):
     with self.assertRaisesRegex(ValueError, 'data.paths is empty'):
-      data_lib.get_dataset(_config('text_files', ' , '), task='lm', seed=0, tokenizer_dir=self.create_tempdir().full_path)
+      data_lib.get_dataset(fixtures.data('text_files', paths=' , '), task='lm', seed=0,
+                           tokenizer_dir=self.create_tempdir().full_path)
     missing = os.path.join(self.create_tempdir().full_path, '*.txt')
     with self.assertRaisesRegex(FileNotFoundError, 'matches no file'):
-      data_lib.get_dataset(_config('text_files', missing), task='lm', seed=0, tokenizer_dir=self.create_tempdir().full_path)
+      data_lib.get_dataset(fixtures.data('text_files', paths=missing), task='lm', seed=0,
+                           tokenizer_dir=self.create_tempdir().full_path)
 
 
 def _write_table(root, fmt, rows):
@@ -148,7 +144,7 @@ class TableTest(chex.TestCase):
   def _check_classification(self, fmt):
     rows = self._rows()
     path = _write_table(self.create_tempdir().full_path, fmt, rows)
-    cfg = _config(fmt, path, text_column='review', label_column='stars')
+    cfg = fixtures.data(fmt, paths=path, text_column='review', label_column='stars')
     data = data_lib.get_dataset(cfg, task='classification', seed=0, tokenizer_dir=self.create_tempdir().full_path)
     self.assertEqual((data.num_examples('train'), data.num_examples('validation')), (54, 6))
     by_text = {}
@@ -177,7 +173,7 @@ class TableTest(chex.TestCase):
   def test_jsonl_lm_needs_no_labels(self):
     rows = [{'id': i, 'review': f'document {i}'} for i in range(10)]
     path = _write_table(self.create_tempdir().full_path, 'jsonl', rows)
-    data = data_lib.get_dataset(_config('jsonl', path, text_column='review'), task='lm', seed=0,
+    data = data_lib.get_dataset(fixtures.data('jsonl', paths=path, text_column='review'), task='lm', seed=0,
                                 tokenizer_dir=self.create_tempdir().full_path)
     self.assertEqual(sorted(_segments(data, 'train') + _segments(data, 'validation')),
                      sorted(r['review'] for r in rows))
@@ -192,14 +188,16 @@ class TableTest(chex.TestCase):
     rows[2]['stars'] = 'two'
     # csv counts physical lines (each review spans two); jsonl has a blank line after the first record.
     for fmt, where in (('csv', ':7'), ('jsonl', ':4')):
-      cfg = _config(fmt, _write_table(root.full_path, fmt, rows), text_column='review', label_column='stars')
+      cfg = fixtures.data(fmt, paths=_write_table(root.full_path, fmt, rows), text_column='review',
+                          label_column='stars')
       with self.assertRaisesRegex(ValueError, f"{where}: label 'two'"):
         self._read(cfg, 'classification')
       cfg.text_column = 'body'
       with self.assertRaisesRegex(ValueError, "'body'"):
         self._read(cfg, 'classification')
     rows[2]['stars'] = '²'   # str.isdigit() says yes, int() says no
-    cfg = _config('csv', _write_table(root.full_path, 'csv', rows), text_column='review', label_column='stars')
+    cfg = fixtures.data('csv', paths=_write_table(root.full_path, 'csv', rows), text_column='review',
+                        label_column='stars')
     with self.assertRaisesRegex(ValueError, ":7: label '²'"):
       self._read(cfg, 'classification')
     cfg.label_column = ''
@@ -209,15 +207,17 @@ class TableTest(chex.TestCase):
     with self.assertRaisesRegex(ValueError, 'data.text_column is empty'):
       self._read(cfg, 'lm')
     root.create_file('short.csv', content='stars,review\n1,fine\n2\n')
-    cfg = _config('csv', os.path.join(root.full_path, 'short.csv'), text_column='review')
+    cfg = fixtures.data('csv', paths=os.path.join(root.full_path, 'short.csv'), text_column='review')
     with self.assertRaisesRegex(ValueError, r"short.csv:3: the row has no field for column\(s\) \['review'\]"):
       self._read(cfg, 'lm')
     root.create_file('broken.jsonl', content='{"review": "a", "stars": 1}\n{"review": \n')
-    cfg = _config('jsonl', os.path.join(root.full_path, 'broken.jsonl'), text_column='review', label_column='stars')
+    cfg = fixtures.data('jsonl', paths=os.path.join(root.full_path, 'broken.jsonl'), text_column='review',
+                        label_column='stars')
     with self.assertRaisesRegex(ValueError, 'broken.jsonl:2: not a JSON object'):
       self._read(cfg, 'classification')
     root.create_file('huge.csv', content='review,stars\na,2147483647\nb,2147483648\n')   # the cache's labels: int32
-    cfg = _config('csv', os.path.join(root.full_path, 'huge.csv'), text_column='review', label_column='stars')
+    cfg = fixtures.data('csv', paths=os.path.join(root.full_path, 'huge.csv'), text_column='review',
+                        label_column='stars')
     with self.assertRaisesRegex(ValueError, "huge.csv:3: label '2147483648' .* too large"):
       self._read(cfg, 'classification')
 
@@ -239,7 +239,7 @@ def _whole_file_csv(path, text_column, label_column):
         raise ValueError(f'{where}: the row has no field for column(s) {missing}; the header has {reader.fieldnames}.')
       texts.append(row[text_column])
       if label_column:
-        labels.append(text_files._label(row[label_column], where))
+        labels.append(labels_lib.raw_label(row[label_column], where))
   return texts, labels
 
 
@@ -263,7 +263,7 @@ def _whole_file_jsonl(path, text_column, label_column):
         raise ValueError(f'{where}: {text_column!r} is {type(record[text_column]).__name__}, not a string.')
       texts.append(record[text_column])
       if label_column:
-        labels.append(text_files._label(record[label_column], where))
+        labels.append(labels_lib.raw_label(record[label_column], where))
   return texts, labels
 
 
@@ -359,7 +359,7 @@ class StreamedTableTest(chex.TestCase):
     rows = TableTest()._rows(n=40, seed=3)
     for fmt, reference in (('csv', _whole_file_csv), ('jsonl', _whole_file_jsonl)):
       paths = [_write_table(root.mkdir().full_path, fmt, rows[i::3]) for i in range(3)]
-      cfg = _config(fmt, ','.join(paths), text_column='review', label_column='stars', max_documents=35)
+      cfg = fixtures.data(fmt, paths=','.join(paths), text_column='review', label_column='stars', max_documents=35)
       views = (text_files.read_csv if fmt == 'csv' else text_files.read_jsonl)(cfg, 'classification').views()
       texts, labels = [], []
       for path in paths:
@@ -398,7 +398,7 @@ class StreamedTableTest(chex.TestCase):
 class RegistryTest(chex.TestCase):
 
   def test_unknown_name_and_task(self):
-    cfg = base.get_config().data
+    cfg = fixtures.config().data
     cfg.name = 'c4'
     with self.assertRaisesRegex(ValueError, "data.name='c4'; allowed: imdb_reviews, wikipedia, text_files, csv, "
                                             'jsonl, mqar'):

@@ -2,9 +2,9 @@
 (seed, split, i); train is fresh and resumes exactly, validation is fixed; the docstring's ids."""
 
 import chex
+import fixtures
 import numpy as np
 
-from experiments import base
 from lm_jax import data as data_lib
 from lm_jax.data import mqar
 
@@ -44,9 +44,8 @@ class MqarTest(chex.TestCase):
                        num_pairs=pairs, num_queries=queries)
 
   def test_docstring_ids_and_symbols(self):
-    cfg = base.get_config().data
-    cfg.name, cfg.vocab_size, cfg.max_len = 'mqar', 16, 10
-    cfg.mqar.num_pairs, cfg.mqar.num_queries, cfg.mqar.num_train, cfg.mqar.num_eval = 2, 2, 8, 4
+    cfg = fixtures.data('mqar', vocab_size=16, max_len=10, **{'mqar.num_pairs': 2, 'mqar.num_queries': 2,
+                                                              'mqar.num_train': 8, 'mqar.num_eval': 4})
     data = data_lib.get_dataset(cfg, task='lm', seed=0, tokenizer_dir=self.create_tempdir().full_path)
     tok = data.tokenizer
     self.assertEqual(tok.vocab_size, 16)
@@ -62,10 +61,8 @@ class MqarTest(chex.TestCase):
     np.testing.assert_array_equal(example['weights'], [[0, 0, 0, 0, 0, 0, 1, 0, 1, 0]])
 
   def _data(self, seed=1, **mqar_config):
-    cfg = base.get_config().data
-    cfg.name, cfg.vocab_size, cfg.max_len = 'mqar', 128, 48
-    cfg.mqar.num_train, cfg.mqar.num_eval = 300, 40
-    cfg.mqar.update(mqar_config)
+    mqar_config = {'num_train': 300, 'num_eval': 40, **mqar_config}
+    cfg = fixtures.data('mqar', vocab_size=128, max_len=48, **{f'mqar.{k}': v for k, v in mqar_config.items()})
     return data_lib.get_dataset(cfg, task='lm', seed=seed, tokenizer_dir=self.create_tempdir().full_path)
 
   def test_train_example_i_depends_only_on_seed_and_i(self):
@@ -113,8 +110,7 @@ class MqarTest(chex.TestCase):
       chex.assert_trees_all_equal(next(resumed), want)
 
   def test_errors(self):
-    cfg = base.get_config().data
-    cfg.name = 'mqar'
+    cfg = fixtures.data('mqar')
     with self.assertRaisesRegex(ValueError, "serves tasks lm, not 'classification'"):
       data_lib.get_dataset(cfg, task='classification', seed=0, tokenizer_dir=self.create_tempdir().full_path)
     rng = np.random.default_rng(0)

@@ -5,9 +5,9 @@ import unicodedata
 from unittest import mock
 
 import chex
+import fixtures
 import numpy as np
 
-from experiments import base
 from lm_jax.data import tokenizers
 from lm_jax.data import wordpiece
 
@@ -65,8 +65,7 @@ class SentencePieceTest(chex.TestCase):
     self.assertEqual([ids.tolist() for ids in batch], [self.tok.encode(t) for t in self.corpus[:5] + ['']])
 
   def test_saved_tokenizer_is_reused_not_retrained(self):
-    cfg = base.get_config().data
-    cfg.vocab_size = 400
+    cfg = fixtures.config({'data.vocab_size': 400}).data
     directory = self.create_tempdir().full_path
     first = tokenizers.get(cfg, directory, lambda: self.corpus)
 

@@ -6,11 +6,11 @@ import time
 from unittest import mock
 
 import chex
+import fixtures
 import numpy as np
 import tensorflow_datasets as tfds
 from tensorflow_datasets.testing import mocking
 
-from experiments import base
 from lm_jax import data as data_lib
 from lm_jax.data import corpus as corpus_lib
 from lm_jax.data import tfds_source
@@ -34,13 +34,8 @@ def _mock_wikipedia():
 
 
 def _config(**overrides):
-  cfg = base.get_config().data
-  cfg.name, cfg.tfds_name, cfg.download = 'wikipedia', 'wikipedia/20230601.en', False
-  cfg.max_len, cfg.vocab_size = 32, 300
-  cfg.cache_dir = _CACHE.name
-  for key, value in overrides.items():
-    cfg[key] = value
-  return cfg
+  return fixtures.data('wikipedia', **{'tfds_name': 'wikipedia/20230601.en', 'download': False, 'max_len': 32,
+                                       'vocab_size': 300, 'cache_dir': _CACHE.name, **overrides})
 
 
 def _articles():

@@ -7,9 +7,12 @@ import sys
 import tempfile
 
 import chex
+import fixtures
+import pytest
 
-from experiments import base
 from test_data_imdb import prepare_offline  # the real builder on a generated aclImdb_v1.tar.gz
+
+pytestmark = pytest.mark.slow   # the main command in subprocesses, 40 steps three times
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -21,9 +24,9 @@ def main_command(workdir, data_dir, *extra):
                'optim.learning_rate': 3e-3, 'optim.warmup_steps': 5, 'train.num_steps': 40,
                'train.log_every_steps': 10, 'train.eval_every_steps': 20, 'train.checkpoint_every_steps': 20,
                'train.eval_batch_size': 16}
-  args = [f'--config.{key}={value}' for key, value in overrides.items()]
   return subprocess.run([sys.executable, '-m', 'lm_jax.main', '--config', 'experiments/imdb.py:local', '--workdir',
-                         workdir, *args, *extra], cwd=REPO, capture_output=True, text=True, timeout=300)
+                         workdir, *fixtures.flags(overrides), *extra], cwd=REPO, capture_output=True, text=True,
+                        timeout=300)
 
 
 class ImdbMainCommandTest(chex.TestCase):
@@ -33,9 +36,8 @@ class ImdbMainCommandTest(chex.TestCase):
     super().setUpClass()
     cls.tmp = tempfile.TemporaryDirectory()
     cls.data_dir = os.path.join(cls.tmp.name, 'tfds')
-    data_config = base.get_config().data
-    data_config.tfds_data_dir, data_config.vocab_size = cls.data_dir, 300
-    prepare_offline(cls.tmp.name, data_config, os.path.join(cls.tmp.name, 'tok'))
+    prepare_offline(cls.tmp.name, fixtures.data('imdb_reviews', tfds_data_dir=cls.data_dir, vocab_size=300),
+                    os.path.join(cls.tmp.name, 'tok'))
 
   @classmethod
   def tearDownClass(cls):

@@ -6,13 +6,13 @@ from unittest import mock
 
 from absl.testing import parameterized
 import chex
+import fixtures
 import jax
 import jax.numpy as jnp
 import model_helpers
 import numpy as np
 import optax
 
-from experiments import base
 from lm_jax import losses
 from lm_jax import models
 from lm_jax import steps
@@ -71,16 +71,6 @@ class FusedHeadCrossEntropyTest(chex.TestCase):
     self.assertEqual(dh.dtype, jnp.bfloat16)
 
 
-def model_config(name, task, **overrides):
-  c = base.get_config().model
-  c.name, c.task, c.num_layers, c.d_model, c.dropout = name, task, 1, 16, 0.1
-  if name == 'transformer':
-    c.num_heads, c.mlp_dim = 2, 32
-  for key, value in overrides.items():
-    c[key] = value
-  return c
-
-
 def lm_batch(seed, *, batch=2, seq=8, vocab=V):
   rng = np.random.default_rng(seed)
   ids = rng.integers(1, vocab, (batch, seq)).astype(np.int32)
@@ -98,7 +88,7 @@ class TrainLossTest(chex.TestCase):
       ('masked_lm', 'transformer', 'mlm', {}),
       ('lstm_lm', 'lstm', 'lm', {}))
   def test_fused_loss_and_gradients_equal_the_logits(self, name, task, overrides):
-    module, params = model_helpers.make_model(model_config(name, task, **overrides), vocab=V, max_len=8, scale=0.3)
+    module, params = model_helpers.make_model(fixtures.model(name, task, **overrides), vocab=V, max_len=8, scale=0.3)
     batch = lm_batch(0)
     dropout = {'dropout': jax.random.key(3)}
     self.assertIsInstance(steps.apply_for_loss(module, params, batch, train=True, rngs=dropout), models.HeadInputs)
@@ -117,7 +107,7 @@ class TrainLossTest(chex.TestCase):
     self.assertGreater(float(optax.tree.norm(got_grads)), 0.0)
 
   def test_classifier_gets_logits(self):
-    module, params = model_helpers.make_model(model_config('transformer', 'classification'), vocab=V, max_len=8,
+    module, params = model_helpers.make_model(fixtures.model('transformer', 'classification'), vocab=V, max_len=8,
                                               scale=0.3)
     batch = {'inputs': lm_batch(1)['inputs']}
     self.assertEqual(steps.apply_for_loss(module, params, batch).shape, (2, 2))
@@ -125,7 +115,7 @@ class TrainLossTest(chex.TestCase):
       module.apply({'params': params}, batch['inputs'], head_inputs=True)
 
   def test_train_and_eval_steps_use_the_fused_loss(self):
-    module, params = model_helpers.make_model(model_config('transformer', 'lm'), vocab=V, max_len=8, scale=0.3)
+    module, params = model_helpers.make_model(fixtures.model('transformer', 'lm'), vocab=V, max_len=8, scale=0.3)
     mesh = train.make_mesh()
     optimizer = optax.adamw(1e-3)
     state = steps.TrainState(step=jnp.array(0, jnp.int32), params=params, opt_state=optimizer.init(params),

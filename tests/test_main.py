@@ -5,9 +5,10 @@ import subprocess
 import sys
 
 import chex
+import fixtures
+import pytest
 
 from lm_jax import configs
-from experiments import base
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -17,6 +18,7 @@ def run_main(*args):
                         cwd=REPO, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow   # the main command in subprocesses
 class MainFlagsTest(chex.TestCase):
 
   def test_misspelled_key_fails_naming_it(self):
@@ -42,13 +44,11 @@ class MainFlagsTest(chex.TestCase):
 class ValidateTest(chex.TestCase):
 
   def test_base_config_is_valid(self):
-    configs.validate(base.get_config())
+    configs.validate(fixtures.config())
 
   def test_rejects_bad_values(self):
     for key, value, message in [('train.batch_size', 0, 'must be > 0'), ('model.dtype', 'float16', 'bfloat16'),
                                 ('data.validation_fraction', 1.5, r'\[0, 1\)')]:
-      config = base.get_config()
-      section, name = key.split('.')
-      config[section][name] = value
+      config = fixtures.config({key: value})
       with self.assertRaisesRegex(ValueError, message):
         configs.validate(config)

@@ -64,8 +64,8 @@ class FlopsClosedFormTest(parameterized.TestCase):
     self.assertAlmostEqual(lm, 2 * 6 * gates * 8 * (8 + 8) + 6 * 8 * 100)
 
   def test_bad_names_raise(self):
-    with self.assertRaisesRegex(ValueError, "'mamba'.*transformer.*rnn.*lstm.*gru"):
-      models.train_flops_per_token(_model_config(name='mamba'), vocab_size=9, seq_len=4)
+    with self.assertRaisesRegex(ValueError, "'hyena'.*transformer.*rnn.*lstm.*gru.*mamba"):
+      models.train_flops_per_token(_model_config(name='hyena'), vocab_size=9, seq_len=4)
 
 
 class StateSizeTest(parameterized.TestCase):

@@ -12,18 +12,18 @@ import sys
 import time
 
 import chex
+import fixtures
 import jax
 import numpy as np
+import pytest
 
-from lm_jax import configs
 from lm_jax import train
 
+pytestmark = pytest.mark.slow   # two-process jobs of the main command
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OVERRIDES = {'data.max_len': 32, 'data.vocab_size': 32, 'data.mqar.num_pairs': 4, 'data.mqar.num_queries': 4,
-             'data.mqar.num_eval': 64, 'model.num_layers': 1, 'model.d_model': 32, 'model.num_heads': 2,
-             'model.mlp_dim': 64, 'train.batch_size': 16, 'train.eval_batch_size': 32, 'train.num_steps': 40,
-             'train.log_every_steps': 5, 'train.eval_every_steps': 20, 'train.checkpoint_every_steps': 10,
-             'optim.warmup_steps': 5, 'optim.schedule': 'constant'}   # so a 20-step run is a 40-step run's start
+# RECALL's schedule is constant after warmup, so a 20-step run is a 40-step run's start.
+OVERRIDES = {**fixtures.RECALL, 'train.num_steps': 40, 'train.eval_every_steps': 20}
 TIMEOUT_S = 300
 
 
@@ -34,7 +34,7 @@ def free_port() -> int:
 
 
 def command(workdir, num_steps):
-  args = [f'--config.{k}={v}' for k, v in {**OVERRIDES, 'train.num_steps': num_steps}.items()]
+  args = fixtures.flags({**OVERRIDES, 'train.num_steps': num_steps})
   return [sys.executable, '-m', 'lm_jax.main', '--config', 'experiments/recall.py', '--workdir', workdir, *args]
 
 
@@ -70,8 +70,7 @@ def read(workdir):
 
 
 def params(workdir, num_steps):
-  config = configs.override(configs.load(os.path.join(REPO, 'experiments/recall.py')),
-                            {**OVERRIDES, 'train.num_steps': num_steps})
+  config = fixtures.recall({**OVERRIDES, 'train.num_steps': num_steps})
   run = train.prepare_run(config, workdir)
   _, state, _ = run.ckpt.restore(run.state)
   run.ckpt.close()

@@ -11,14 +11,14 @@ import tempfile
 
 from absl.testing import parameterized
 import chex
+import fixtures
 import jax
 import jax.numpy as jnp
 import model_helpers
 import numpy as np
+import pytest
 
 import lm_jax
-from experiments import base
-from lm_jax import configs
 from lm_jax.interop import hf_bert
 from lm_jax import inference
 from lm_jax import models
@@ -36,9 +36,7 @@ def predict_command(*args, stdin=None):
 
 
 def lm(**overrides):
-  config = base.get_config().model
-  config.update(dict(task='lm', num_layers=2, d_model=16, num_heads=2, mlp_dim=32, dropout=0.0))
-  config.update(overrides)
+  config = fixtures.model(**{'task': 'lm', 'num_layers': 2, 'dropout': 0.0, **overrides})
   module = models.get_model(config, vocab_size=VOCAB, max_len=MAX_LEN)
   return module, model_helpers.random_params(module, scale=0.5)
 
@@ -92,6 +90,7 @@ class LeftPaddedGenerationTest(parameterized.TestCase):
       models.generate(module, params, jnp.asarray([[3, 4, 0]]), max_new_tokens=2, temperature=0)
 
 
+@pytest.mark.slow   # trains a recall LM, then generates through the API and the CLI
 class TrainedLmTest(chex.TestCase):
   """A tiny recall LM trained for a few steps: lm_jax.load(...).generate returns text, as the CLI prints it."""
 
@@ -100,11 +99,8 @@ class TrainedLmTest(chex.TestCase):
     super().setUpClass()
     cls.tmp = tempfile.TemporaryDirectory()
     cls.workdir = os.path.join(cls.tmp.name, 'recall')
-    config = configs.override(configs.load('experiments/recall.py'), {
-        'data.mqar.num_train': 256, 'data.mqar.num_eval': 64, 'data.max_len': 32, 'model.num_layers': 1,
-        'model.d_model': 32, 'model.mlp_dim': 64, 'train.num_steps': 6, 'train.batch_size': 16,
-        'train.eval_batch_size': 32, 'train.eval_every_steps': 2, 'train.checkpoint_every_steps': 2,
-        'train.log_every_steps': 2, 'train.max_to_keep': 1})
+    config = fixtures.recall({'train.num_steps': 6, 'train.eval_every_steps': 2, 'train.checkpoint_every_steps': 2,
+                              'train.log_every_steps': 2, 'train.max_to_keep': 1})
     train.train_and_evaluate(config, cls.workdir)
 
   @classmethod
@@ -186,7 +182,7 @@ class ConvertErrorsTest(parameterized.TestCase):
     hf_dir.create_file('vocab.txt', '[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n')
     hf_dir.create_file('pytorch_model.bin', 'not read')
     with self.assertRaisesRegex(ValueError, r'pickle.*safe_serialization=True'):
-      hf_bert.convert(hf_dir.full_path, os.path.join(self.create_tempdir().full_path, 'out'), base.get_config())
+      hf_bert.convert(hf_dir.full_path, os.path.join(self.create_tempdir().full_path, 'out'), fixtures.config())
 
   @parameterized.named_parameters(
       ('model_type', {'model_type': 'gpt2', 'hidden_act': 'gelu'}, "model_type='gpt2'"),
@@ -198,7 +194,7 @@ class ConvertErrorsTest(parameterized.TestCase):
     hf_dir = self.create_tempdir()
     hf_dir.create_file('config.json', json.dumps(hf_config))
     with self.assertRaisesRegex(ValueError, message):
-      hf_bert.convert(hf_dir.full_path, os.path.join(self.create_tempdir().full_path, 'out'), base.get_config())
+      hf_bert.convert(hf_dir.full_path, os.path.join(self.create_tempdir().full_path, 'out'), fixtures.config())
 
 
 class ImportTest(chex.TestCase):

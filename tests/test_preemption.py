@@ -13,32 +13,28 @@ import time
 from unittest import mock
 
 import chex
+import fixtures
 import jax
 import numpy as np
+import pytest
 
 from lm_jax import checkpoint
-from lm_jax import configs
 from lm_jax import train
 from lm_jax.main import EXIT_PREEMPTED
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# A 1-layer decoder on a small recall task: ~200 steps after a few seconds of start-up and compilation.
-OVERRIDES = {'data.max_len': 32, 'data.vocab_size': 32, 'data.mqar.num_pairs': 4, 'data.mqar.num_queries': 4,
-             'data.mqar.num_eval': 64, 'model.num_layers': 1, 'model.d_model': 32, 'model.num_heads': 2,
-             'model.mlp_dim': 64, 'train.batch_size': 16, 'train.eval_batch_size': 32, 'train.num_steps': 240,
-             'train.log_every_steps': 5, 'train.eval_every_steps': 40, 'train.checkpoint_every_steps': 10,
-             'train.max_to_keep': 2, 'optim.warmup_steps': 10}
+# fixtures.RECALL for 240 steps: ~200 steps after a few seconds of start-up and compilation.
+OVERRIDES = {**fixtures.RECALL, 'train.num_steps': 240, 'train.eval_every_steps': 40, 'train.max_to_keep': 2}
 
 
 def start(workdir, **popen_kwargs):
-  args = [f'--config.{key}={value}' for key, value in OVERRIDES.items()]
   return subprocess.Popen([sys.executable, '-m', 'lm_jax.main', '--config', 'experiments/recall.py', '--workdir',
-                           workdir, *args], cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                          **popen_kwargs)
+                           workdir, *fixtures.flags(OVERRIDES)], cwd=REPO, stderr=subprocess.PIPE,
+                          stdout=subprocess.DEVNULL, text=True, **popen_kwargs)
 
 
 def config():
-  return configs.override(configs.load(os.path.join(REPO, 'experiments/recall.py')), OVERRIDES)
+  return fixtures.recall(OVERRIDES)
 
 
 def final_state(workdir):
@@ -57,6 +53,7 @@ def record(workdir):
   return results, [{k: v for k, v in line.items() if k not in train.TIMING_METRICS} for line in lines]
 
 
+@pytest.mark.slow   # the main command killed and restarted a dozen times
 class KillAndResumeTest(chex.TestCase):
 
   @classmethod
@@ -125,9 +122,10 @@ class KillAndResumeTest(chex.TestCase):
 
 class DiskFullTest(chex.TestCase):
 
+  @pytest.mark.slow   # trains twice
   def test_failed_save_is_a_clear_error_and_keeps_earlier_checkpoints(self):
     workdir = self.create_tempdir().full_path
-    cfg = configs.override(config(), {'train.num_steps': 30})
+    cfg = fixtures.recall({**OVERRIDES, 'train.num_steps': 30})
     real_save = checkpoint.Checkpointer.save
 
     def save_until_full(ckpt, step, *args, **kwargs):

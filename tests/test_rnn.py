@@ -1,8 +1,8 @@
-"""RNN family (Elman, LSTM, GRU): a float64 reference, padding invariance, jit == eager, dropout, causality and
-document resets by gradient, closed-form parameter counts, cached decoding, bf16, config errors."""
+"""RNN family (Elman, LSTM, GRU): the fast path (rnn_fast.py) equals the plain scan (rnn.py) in outputs and
+gradients, a float64 reference and flax's cells, padding invariance, jit == eager, dropout, causality and document
+resets by gradient, closed-form parameter counts, cached decoding, bf16, config errors."""
 
 import functools
-from unittest import mock
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -12,10 +12,12 @@ import jax
 import jax.numpy as jnp
 import model_helpers
 import numpy as np
+import pytest
 
 from experiments import base
 from lm_jax import models
 from lm_jax.models import rnn
+from lm_jax.models import rnn_fast
 
 VOCAB = 23
 MAX_LEN = 16
@@ -25,7 +27,7 @@ EVERY_MODEL = [(f'{name}_{task}', name, task) for name in ('rnn', 'lstm', 'gru')
 
 def model_config(**overrides):
   config = base.get_config().model
-  config.update(dict(num_layers=1, d_model=HIDDEN, dropout=0.1, bidirectional=True))
+  config.update(dict(num_layers=1, d_model=HIDDEN, dropout=0.1, bidirectional=True, num_classes=2))
   config.update(overrides)
   return config
 
@@ -73,6 +75,13 @@ def flax_cell_params(name, p):
           **{f'h{g}': {'kernel': u[j]} for j, g in enumerate(gates)}, 'hn': {'kernel': u[2], 'bias': p['bn']}}
 
 
+def assert_close_at_scale(got, expected, rtol=1e-5):
+  """Each leaf of `got` within `rtol` of the largest magnitude in `expected`'s leaf: gradients that cancel to
+  near zero then need no looser tolerance than the rest."""
+  at_scale = lambda tree: jax.tree.map(lambda a, e: a / jnp.maximum(jnp.abs(e).max(), 1e-6), tree, expected)
+  chex.assert_trees_all_close(at_scale(got), at_scale(expected), atol=rtol, rtol=rtol)
+
+
 def cell_count(cell, inputs, hidden):
   return {'rnn': inputs * hidden + hidden * hidden + hidden,                           # W, U, b
           'lstm': 4 * (inputs * hidden + hidden * hidden + hidden),                    # i, f, g, o gates
@@ -93,72 +102,84 @@ class RNNTest(chex.TestCase):
     self.assertGreater(float(jnp.abs(dropped - other_key).max()), 1e-3)
     np.testing.assert_array_equal(dropped, dropped_again)
 
-  def test_elman_classifier_matches_float64_reference(self):
-    module, params = build(name='rnn', task='classification', num_layers=2, pooling='cls')
+  @parameterized.named_parameters(('fast', True), ('reference', False))
+  def test_elman_classifier_matches_float64_reference(self, fast_rnn):
+    module, params = build(name='rnn', task='classification', num_layers=2, pooling='cls', fast_rnn=fast_rnn)
     inputs = random_ids(2, (3, 9), lengths=[9, 4, 1])
     logits = jax.jit(lambda x: module.apply({'params': params}, x))(inputs)
     np.testing.assert_allclose(logits, elman_classifier_reference(params, inputs, num_layers=2), atol=1e-5)
 
+  @chex.variants(with_jit=True, without_jit=True)
   @parameterized.product(name=('rnn', 'lstm', 'gru'), reverse=(False, True))
-  def test_hand_split_backward_equals_autodiff(self, name, reverse):
-    cell, (t, b, i, h) = rnn.CELLS[name], (6, 3, 5, 4)
-    keys = jax.random.split(jax.random.key(10), 6)
-    w = jax.random.normal(keys[4], (i, cell.gates * h)) * 0.5
-    bias = jax.random.normal(keys[5], (cell.gates * h,))
-    u = jax.random.normal(keys[0], (h, cell.gates * h)) * 0.5
-    bn = jax.random.normal(keys[1], (h,))
-    carry = jax.tree.map(lambda c: c + jax.random.normal(keys[2], c.shape), cell.zero_carry(b, h))
-    x = jax.random.normal(keys[3], (t, b, i))
+  def test_fast_recurrence_matches_reference(self, name, reverse):
+    """`rnn_fast.recurrence` (hand-split backward, 4 time chunks of 2, 2, 2, 3 steps, batch slices of 1 and 2
+    rows) against the plain scan `rnn.recurrence`, from a random state: outputs, final state, and the gradients of
+    every weight, the initial state and the inputs."""
+    cell, (t, b, i, h) = rnn.CELLS[name], (9, 3, 5, 4)
+    keys = jax.random.split(jax.random.key(10), 7)
+    weights = rnn.Weights(W=jax.random.normal(keys[0], (i, cell.gates * h)) * 0.5,
+                          U=jax.random.normal(keys[1], (h, cell.gates * h)) * 0.5,
+                          b=jax.random.normal(keys[2], (cell.gates * h,)),
+                          bn=jax.random.normal(keys[3], (h,)) if cell.gru_bias else None)
+    carry = jax.tree.map(lambda c: c + jax.random.normal(keys[4], c.shape), cell.zero_carry(b, h))
+    x = jax.random.normal(keys[5], (t, b, i))
     real = jnp.asarray(np.random.default_rng(11).random((t, b)) < 0.8)
-    start = jnp.zeros((t, b), bool).at[3, 0].set(True)
-    weights = jax.random.normal(jax.random.key(12), (t, b, h))
+    start = jnp.zeros((t, b), bool).at[3, 0].set(True).at[6, 2].set(True)
+    output_weights = jax.random.normal(keys[6], (t, b, h))
 
-    def loss(run, *args):
-      final, y = run(cell, jnp.float32, reverse, *args, real, start)
-      return jnp.sum(y * weights) + sum(jnp.sum(c ** 2) for c in jax.tree.leaves(final))
+    def loss(run, weights, carry, x):
+      final, y = run(name, jnp.float32, reverse, weights, carry, x, real, start)
+      return jnp.sum(y * output_weights) + sum(jnp.sum(c ** 2) for c in jax.tree.leaves(final)), (final, y)
 
-    scan_forward = rnn._scan_forward  # pylint: disable=protected-access
+    def results(run):
+      return self.variant(jax.grad(functools.partial(loss, run), argnums=(0, 1, 2), has_aux=True))(weights, carry, x)
 
-    def autodiff(cell, dtype, reverse, w, bias, u, bn, carry, x, real, start):
-      return scan_forward(cell, dtype, reverse, u, bn, carry, rnn.project(dtype, w, bias, x), real, start)[:2]
-
-    args, argnums = (w, bias, u, bn, carry, x), (0, 1, 2, 3, 4, 5)
-    expected = jax.grad(functools.partial(loss, autodiff), argnums=argnums)(*args)
-    got = jax.jit(jax.grad(functools.partial(loss, rnn.recur), argnums=argnums))(*args)
-    chex.assert_trees_all_close(got, expected, atol=1e-5, rtol=1e-5)
-    for grad in got[:3]:  # dW, db, dU
+    (fast_grads, fast_outputs), (grads, outputs) = results(rnn_fast.recurrence), results(rnn.recurrence)
+    assert_close_at_scale((fast_outputs, fast_grads), (outputs, grads))
+    chex.assert_shape(fast_outputs[1], (t, b, h))
+    for grad in jax.tree.leaves(grads):  # no gradient is vacuously zero
       self.assertGreater(float(jnp.abs(grad).max()), 1e-3)
 
-  @parameterized.product(name=('rnn', 'lstm', 'gru'), reverse=(False, True))
-  def test_time_chunks_and_batch_parts_change_neither_outputs_nor_gradients(self, name, reverse):
-    """The recurrence in 4 chunks of time (2, 2, 2, 3 steps) and 2 parts of the batch (1 and 2 rows) in its forward
-    scan, as one: outputs and the gradients of W, U, b and x."""
-    x_BxTxI = jax.random.normal(jax.random.key(13), (3, 9, 5))
-    real_BxT = jnp.asarray(np.random.default_rng(14).random((3, 9)) < 0.8)
-    starts_BxT = jnp.zeros((3, 9), bool).at[1, 5].set(True)
-    weights = jax.random.normal(jax.random.key(15), (3, 9, HIDDEN))
-    recurrence = rnn.Recurrence(name, HIDDEN, reverse=reverse, dtype=jnp.float32)
-    params = recurrence.init(jax.random.key(16), x_BxTxI, real_BxT, starts_BxT, False)['params']
+  @chex.variants(with_jit=True)  # eager == jit: test_fast_recurrence_matches_reference, at a fraction of the time
+  @parameterized.named_parameters(*EVERY_MODEL)
+  def test_fast_rnn_matches_reference_model(self, name, task):
+    """model.fast_rnn True vs False, same params: logits and the gradients w.r.t. every parameter and the embedded
+    inputs (a packed LM row with padding: resets and held states; a 2-layer bidirectional classifier)."""
+    module, params = build(name=name, task=task, num_layers=2)
+    reference = models.get_model(model_config(name=name, task=task, num_layers=2, fast_rnn=False),
+                                 vocab_size=VOCAB, max_len=MAX_LEN)
+    if task == 'lm':
+      kwargs = dict(segment_ids=jnp.array([[1, 1, 1, 2, 2, 2, 2, 0, 0], [1, 1, 2, 2, 2, 3, 3, 3, 0]], jnp.int32),
+                    positions=jnp.array([[0, 1, 2, 0, 1, 2, 3, 0, 0], [0, 1, 0, 1, 2, 0, 1, 2, 0]], jnp.int32))
+      inputs = random_ids(8, (2, 9), lengths=[7, 8])
+    else:
+      kwargs, inputs = {}, random_ids(8, (3, 9), lengths=[9, 5, 2])
+    _, state = jax.eval_shape(lambda: module.apply({'params': params}, inputs, mutable=['perturbations'], **kwargs))
+    rng = np.random.default_rng(9)
+    embedded = jax.tree.map(lambda s: jnp.asarray(rng.normal(0.0, 0.1, s.shape), jnp.float32),
+                            state['perturbations'])
+    output_weights = jax.random.normal(jax.random.key(18), (2, 9, VOCAB) if task == 'lm' else (3, 2))
 
-    @functools.partial(jax.jit, static_argnums=(0, 1))
-    def outputs_and_grads(chunks, parts):
-      apply = lambda p, x: recurrence.apply({'params': p}, x, real_BxT, starts_BxT, False)
-      # Read while tracing; the static arguments key the jit cache.
-      with mock.patch.object(rnn, 'TIME_CHUNKS', chunks), mock.patch.object(rnn, 'BATCH_PARTS', parts):
-        return apply(params, x_BxTxI), jax.grad(lambda p, x: jnp.sum(apply(p, x) * weights), argnums=(0, 1))(
-            params, x_BxTxI)
+    def logits_and_grads(module):
+      def loss(params, embedded):
+        logits = module.apply({'params': params, 'perturbations': embedded}, inputs, **kwargs)
+        return jnp.sum(logits * output_weights), logits
+      grads, logits = jax.grad(loss, argnums=(0, 1), has_aux=True)(params, embedded)
+      return logits, grads
 
-    whole, chunked = outputs_and_grads(1, 1), outputs_and_grads(4, 2)
-    self.assertEqual(rnn._time_chunks(9, reverse),  # pylint: disable=protected-access
-                     [(6, 9), (4, 6), (2, 4), (0, 2)] if reverse else [(0, 2), (2, 4), (4, 6), (6, 9)])
-    chex.assert_trees_all_close(chunked, whole, atol=1e-5, rtol=1e-5)
-    self.assertGreater(float(jnp.abs(whole[1][0]['U']).max()), 1e-3)
+    fast, expected = self.variant(functools.partial(logits_and_grads, module))(), self.variant(
+        functools.partial(logits_and_grads, reference))()
+    assert_close_at_scale(fast, expected)
+    chex.assert_shape(fast[0], output_weights.shape)
+    for grad in jax.tree.leaves(expected[1]):  # all real: the embedding's, the head's and each direction's
+      self.assertGreater(float(jnp.abs(grad).max()), 1e-4)
 
-  @parameterized.named_parameters(('lstm', 'lstm', nn.LSTMCell), ('gru', 'gru', nn.GRUCell))
-  def test_fused_cells_match_flax_cells(self, name, flax_cell):
+  @parameterized.product(cell=(('lstm', nn.LSTMCell), ('gru', nn.GRUCell)), fast=(True, False))
+  def test_cells_match_flax_cells(self, cell, fast):
+    name, flax_cell = cell
     x_BxTxI = jax.random.normal(jax.random.key(8), (3, 7, 5))
     real_BxT, starts_BxT = jnp.ones((3, 7), bool), jnp.zeros((3, 7), bool)
-    recurrence = rnn.Recurrence(name, HIDDEN, reverse=False, dtype=jnp.float32)
+    recurrence = rnn.Recurrence(name, HIDDEN, reverse=False, dtype=jnp.float32, fast=fast)
     init = lambda x: recurrence.init(jax.random.key(0), x, real_BxT, starts_BxT, False)
     shapes = jax.eval_shape(init, x_BxTxI)['params']
     rng = np.random.default_rng(9)
@@ -216,8 +237,9 @@ class RNNTest(chex.TestCase):
     expected += directions * h * 3 + 3 if task == 'classification' else h * VOCAB + VOCAB
     self.assertEqual(models.count_params(shapes), expected)
 
-  def test_cached_greedy_generation_matches_uncached(self):
-    module, params = build(name='lstm', task='lm', num_layers=2)
+  @parameterized.named_parameters(('fast', True), ('reference', False))
+  def test_cached_greedy_generation_matches_uncached(self, fast_rnn):
+    module, params = build(name='lstm', task='lm', num_layers=2, fast_rnn=fast_rnn)
     prompt, new = random_ids(5, (2, 3)), 6
     generated = models.generate(module, params, prompt, max_new_tokens=new, temperature=0.0)
     chex.assert_shape(generated, (2, 3 + new))
@@ -240,6 +262,7 @@ class RNNTest(chex.TestCase):
     self.assertGreater(float(jnp.abs(logits - reference).max()), 0.0)  # bf16 really was used
 
   @parameterized.parameters('rnn', 'lstm', 'gru')
+  @pytest.mark.slow
   def test_bfloat16_gradients_close_to_float32(self, name):
     """The hand-split backward under bfloat16 compute: every parameter's gradient within 5% of float32's scale."""
     module, params = build(name=name, task='classification')

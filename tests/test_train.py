@@ -5,45 +5,19 @@ import os
 from unittest import mock
 
 import chex
+import fixtures
 import jax
 import numpy as np
+import pytest
 
-from experiments import base
 from lm_jax import checkpoint
 from lm_jax import steps
 from lm_jax import train
 
 
 def tiny_recall_config(**train_overrides):
-  """A 1-layer decoder on multi-query associative recall: compiles in seconds, learns within ~100 steps."""
-  c = base.get_config()
-  c.data.name = 'mqar'
-  c.data.max_len = 32
-  c.data.vocab_size = 32
-  c.data.mqar.num_pairs = 4
-  c.data.mqar.num_queries = 4
-  c.data.mqar.num_train = 512
-  c.data.mqar.num_eval = 64
-  c.model.task = 'lm'
-  c.model.num_layers = 1
-  c.model.d_model = 32
-  c.model.num_heads = 2
-  c.model.mlp_dim = 64
-  c.model.dropout = 0.0
-  c.optim.learning_rate = 3e-3
-  c.optim.warmup_steps = 5
-  c.optim.schedule = 'constant'
-  c.train.batch_size = 16
-  c.train.eval_batch_size = 32
-  c.train.num_steps = 20
-  c.train.log_every_steps = 5
-  c.train.eval_every_steps = 10
-  c.train.checkpoint_every_steps = 10
-  c.train.best_metric = 'loss'
-  c.train.best_mode = 'min'
-  for key, value in train_overrides.items():
-    c.train[key] = value
-  return c
+  """fixtures.recall() with `train_overrides` naming keys of its train section (num_steps=60)."""
+  return fixtures.recall({f'train.{key}': value for key, value in train_overrides.items()})
 
 
 def without_key_bias(params):
@@ -82,6 +56,7 @@ def poisoned_train_step(from_step, until_step=None):
 
 class TrainLoopTest(chex.TestCase):
 
+  @pytest.mark.slow   # 60 steps, then the finished run again
   def test_trains_writes_everything_and_does_not_retrain(self):
     workdir = self.create_tempdir().full_path
     config = tiny_recall_config(num_steps=60, log_every_steps=10, eval_every_steps=30, checkpoint_every_steps=30)
@@ -107,6 +82,7 @@ class TrainLoopTest(chex.TestCase):
     self.assertEqual(again, results)
     self.assertLen(read_jsonl(os.path.join(workdir, 'metrics.jsonl')), len(lines) + 0)
 
+  @pytest.mark.slow   # three runs
   def test_resume_is_bitwise_exact(self):
     straight, resumed = self.create_tempdir().full_path, self.create_tempdir().full_path
     final_straight, _ = train.train_and_evaluate(tiny_recall_config(num_steps=20), straight)
@@ -117,6 +93,7 @@ class TrainLoopTest(chex.TestCase):
     loss = lambda w: [l['loss'] for l in read_jsonl(os.path.join(w, 'metrics.jsonl')) if l['split'] == 'train']
     self.assertEqual(loss(straight), loss(resumed))
 
+  @pytest.mark.slow   # two runs
   def test_one_device_equals_two_devices(self):
     self.assertLen(jax.devices(), 2)
     one, two = self.create_tempdir().full_path, self.create_tempdir().full_path
@@ -126,6 +103,7 @@ class TrainLoopTest(chex.TestCase):
     np.testing.assert_allclose(loss(one), loss(two), rtol=1e-5)
     chex.assert_trees_all_close(without_key_bias(state_one.params), without_key_bias(state_two.params), atol=1e-5)
 
+  @pytest.mark.slow   # two runs
   def test_gradient_accumulation_equals_one_big_batch(self):
     whole, accumulated = self.create_tempdir().full_path, self.create_tempdir().full_path
     state_whole, _ = train.train_and_evaluate(tiny_recall_config(num_steps=5), whole)
@@ -137,6 +115,7 @@ class TrainLoopTest(chex.TestCase):
     chex.assert_trees_all_close(without_key_bias(state_whole.params), without_key_bias(state_accumulated.params),
                                 atol=1e-5)
 
+  @pytest.mark.slow   # a run to its eighth step
   def test_nan_loss_halts_and_keeps_last_good_checkpoint(self):
     workdir = self.create_tempdir().full_path
     config = tiny_recall_config(num_steps=30, checkpoint_every_steps=5)
@@ -150,6 +129,7 @@ class TrainLoopTest(chex.TestCase):
     self.assertEqual(ckpt.latest_step(), 5)
     ckpt.close()
 
+  @pytest.mark.slow   # a 20-step run
   def test_skip_nonfinite_steps_skips_and_counts(self):
     workdir = self.create_tempdir().full_path
     config = tiny_recall_config(num_steps=20, log_every_steps=10, skip_nonfinite_steps=True)
@@ -181,9 +161,8 @@ class TrainLoopTest(chex.TestCase):
     tmp = self.create_tempdir()
     reviews = tmp.create_file('reviews.jsonl', content='\n'.join(
         json.dumps({'text': f'review number {i}', 'label': i % 3}) for i in range(40)))
-    config = tiny_recall_config()
-    config.data.name, config.data.paths, config.data.tokenizer = 'jsonl', reviews.full_path, 'bytes'
-    config.model.task = 'classification'
+    config = fixtures.recall({'data.name': 'jsonl', 'data.paths': reviews.full_path, 'data.tokenizer': 'bytes',
+                              'model.task': 'classification', 'model.num_classes': 2})
     with self.assertRaisesRegex(ValueError, r'labels 0\.\.2, more than config\.model\.num_classes=2'):
       train.prepare_run(config, os.path.join(tmp.full_path, 'run'))
 
@@ -192,6 +171,7 @@ class TrainLoopTest(chex.TestCase):
       train.train_and_evaluate(tiny_recall_config(batch_size=15), self.create_tempdir().full_path)
 
 
+@pytest.mark.slow   # pretrains an MLM, then builds a classifier from it
 class InitFromTest(chex.TestCase):
 
   def test_mlm_encoder_initializes_a_classifier(self):
@@ -204,10 +184,8 @@ class InitFromTest(chex.TestCase):
         json.dumps({'text': sentence(), 'label': int(rng.integers(2))}) for _ in range(200)))
 
     def tiny(name, path, task):
-      c = tiny_recall_config(num_steps=3, log_every_steps=1)
-      c.data.name, c.data.paths, c.data.tokenizer = name, path.full_path, 'bytes'
-      c.model.task = task
-      return c
+      return fixtures.recall({'train.num_steps': 3, 'train.log_every_steps': 1, 'data.name': name,
+                              'data.paths': path.full_path, 'data.tokenizer': 'bytes', 'model.task': task})
 
     mlm_dir = os.path.join(tmp.full_path, 'mlm')
     pretrained, _ = train.train_and_evaluate(tiny('text_files', corpus, 'mlm'), mlm_dir)

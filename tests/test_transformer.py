@@ -8,12 +8,12 @@ import math
 from absl.testing import absltest
 from absl.testing import parameterized
 import chex
+import fixtures
 import jax
 import jax.numpy as jnp
 import model_helpers
 import numpy as np
 
-from experiments import base
 from lm_jax import models
 from lm_jax.models import layers
 from lm_jax.models import random_bits
@@ -23,15 +23,8 @@ VOCAB = 37
 MAX_LEN = 16
 
 
-def model_config(**overrides):
-  config = base.get_config().model
-  config.update(dict(name='transformer', num_layers=1, d_model=16, num_heads=2, mlp_dim=32, dropout=0.1))
-  config.update(overrides)
-  return config
-
-
 def build(**overrides):
-  return model_helpers.make_model(model_config(**overrides), vocab=VOCAB, max_len=MAX_LEN, scale=0.3)
+  return model_helpers.make_model(fixtures.model(**overrides), vocab=VOCAB, max_len=MAX_LEN, scale=0.3)
 
 
 random_ids = functools.partial(model_helpers.random_ids, vocab=VOCAB)
@@ -165,7 +158,7 @@ class TransformerTest(chex.TestCase):
                         max_position_embeddings=20)),
   )
   def test_matches_float64_reference_and_appended_padding_changes_nothing(self, overrides):
-    config = model_config(num_layers=2, **overrides)
+    config = fixtures.model(num_layers=2, **overrides)
     module, params = build(num_layers=2, **overrides)
     inputs = random_ids(2, (3, 8), lengths=[8, 5, 2])
     apply = jax.jit(lambda x: module.apply({'params': params}, x))
@@ -231,7 +224,7 @@ class TransformerTest(chex.TestCase):
       ('bert_mlm_keeps_pooler', dict(task='mlm', pre_norm=False, pooler=True, type_vocab_size=2)),
   )
   def test_param_count_matches_closed_form(self, overrides):
-    config = model_config(**overrides)
+    config = fixtures.model(**overrides)
     module = models.get_model(config, vocab_size=VOCAB, max_len=MAX_LEN)
     shapes = jax.eval_shape(module.init, jax.random.key(0), jnp.ones((1, 4), jnp.int32))['params']
     expected = closed_form_count(
@@ -263,7 +256,7 @@ class TransformerTest(chex.TestCase):
 
   def test_bfloat16_compute_close_to_float32_with_float32_params_and_logits(self):
     module, params = build(task='mlm', attention_bias='relative')
-    bf16_module = models.get_model(model_config(task='mlm', attention_bias='relative', dtype='bfloat16'),
+    bf16_module = models.get_model(fixtures.model(task='mlm', attention_bias='relative', dtype='bfloat16'),
                                    vocab_size=VOCAB, max_len=MAX_LEN)
     bf16_shapes = jax.eval_shape(bf16_module.init, jax.random.key(0), jnp.ones((1, 4), jnp.int32))['params']
     self.assertTrue(all(s.dtype == jnp.float32 for s in jax.tree.leaves(bf16_shapes)))
@@ -311,10 +304,10 @@ class TransformerTest(chex.TestCase):
     np.testing.assert_allclose(transformer.sinusoidal_positions(jnp.asarray(positions), d), expected, atol=1e-5)
 
   @parameterized.named_parameters(
-      ('name', dict(name='mamba'), 'model.name'),
+      ('name', dict(name='hyena'), 'model.name'),
       ('task', dict(task='seq2seq'), 'model.task'),
       ('bias', dict(attention_bias='rotary'), 'model.attention_bias'),
-      ('positions', dict(positions='rope'), 'model.positions'),
+      ('positions', dict(positions='xpos'), 'model.positions'),
       ('pooling', dict(pooling='max'), 'model.pooling'),
       ('dtype', dict(dtype='float16'), 'model.dtype'),
       ('heads', dict(num_heads=3), 'num_heads'),
@@ -329,7 +322,7 @@ class TransformerTest(chex.TestCase):
   )
   def test_bad_config_raises_value_error(self, overrides, message):
     with self.assertRaisesRegex(ValueError, message):
-      models.get_model(model_config(**overrides), vocab_size=VOCAB, max_len=MAX_LEN)
+      models.get_model(fixtures.model(**overrides), vocab_size=VOCAB, max_len=MAX_LEN)
 
 
 class LayersTest(chex.TestCase):

@@ -11,7 +11,7 @@ Lengths 64, 128, 256 carry 4, 8, 16 key-value pairs, every key queried once, as 
 models have 2 layers and about the same number of parameters (within 2%; --dry_run lists them): the transformer
 d_model 64 (2 heads, MLP 128, smeared keys as in recall.py, relative-position bias and no position table, so its
 size does not depend on the length), LSTM 64, GRU 74, Elman RNN 122 hidden units. 4 models x 3 lengths x 3 seeds =
-36 runs, sized for at most 60 minutes on 2 CPU cores (README: the measured time).
+36 runs, sized for at most 60 minutes on 2 CPU cores (docs/ablations.md: the measured time).
 
 `:full` uses Zoology's data sizes for a GPU: vocabulary 8192, 100k training and 3k test examples, batch 512
 (256 at length 256), 64 epochs, d_model 128 (one point of Zoology's 64..512 sweep; the RNN widths keep the

@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 _MANIFEST = 'manifest.json'
+_LABEL_NAMES = 'label_names.json'   # a classification split's class names, when the data names them
 _CHUNK_DOCS = 1024   # documents per worker task: large enough to amortise the transfer, small for an even load
 _QUEUED_PER_WORKER = 2   # tasks in flight per worker: keeps workers busy while bounding the text held in memory
 
@@ -108,8 +109,12 @@ def split_rows(cache_root: str, corpus: corpus_lib.Corpus, split: str, tokenizer
   load = lambda name: np.load(os.path.join(directory, name), mmap_mode='r', allow_pickle=False)
   if task == 'classification':
     labels = load('label.npy')
+    names = None
+    if os.path.exists(os.path.join(directory, _LABEL_NAMES)):
+      with open(os.path.join(directory, _LABEL_NAMES), encoding='utf-8') as f:
+        names = tuple(json.load(f))
     rows = packing.ArrayRows({'inputs': load('inputs.npy'), 'label': labels,
-                              'weights': np.ones(len(labels), np.float32)})
+                              'weights': np.ones(len(labels), np.float32)}, label_names=names)
   else:
     rows = packing.PackedRows(load('tokens.npy'), load('doc_ends.npy'), max_len, next_token_targets=task == 'lm')
   return rows, corpus_lib.TextStats(**stored['stats'])
@@ -183,6 +188,9 @@ def _tokenize(out: str, views: tuple[corpus_lib.View, ...], tokenizer, spec: dic
                  mininterval=2) as bar:
     if spec['layout'] == 'classification':
       _write_classification(out, encoded, num_docs, spec['max_len'], stats, bar)
+      if names := getattr(views[0].docs, 'label_names', None):
+        with open(os.path.join(out, _LABEL_NAMES), 'w', encoding='utf-8') as f:
+          json.dump(list(names), f)
     else:
       _write_packed(out, encoded, tokenizer.vocab_size, stats, bar)
   seconds = time.perf_counter() - start

@@ -170,16 +170,18 @@ def carve_validation(view: View, fraction: float) -> tuple[View, View | None]:
   return View(view.docs, view.indices[~held_out]), View(view.docs, view.indices[held_out])
 
 
-def train_and_validation_names(data_config) -> tuple[str, ...]:
+def train_and_validation_names(data_config, *, carve: bool = True) -> tuple[str, ...]:
   """The split names `train_and_validation` gives."""
   _check_fraction(data_config.validation_fraction)
-  return ('train', 'validation') if data_config.validation_fraction else ('train',)
+  return ('train', 'validation') if carve and data_config.validation_fraction else ('train',)
 
 
-def train_and_validation(docs: Documents, data_config) -> dict[str, tuple[View, ...]]:
+def train_and_validation(docs: Documents, data_config, *, carve: bool = True) -> dict[str, tuple[View, ...]]:
   """{'train': ..., 'validation': ...} views of the first data.max_documents of `docs`, data.validation_fraction
-  of them carved out as validation (no 'validation' when the fraction is 0)."""
-  train, validation = carve_validation(View.all(docs, data_config.max_documents), data_config.validation_fraction)
+  of them carved out as validation (no 'validation' when the fraction is 0 or `carve` is False: the validation
+  split has files of its own)."""
+  fraction = data_config.validation_fraction if carve else 0.0
+  train, validation = carve_validation(View.all(docs, data_config.max_documents), fraction)
   return {'train': (train,)} if validation is None else {'train': (train,), 'validation': (validation,)}
 
 

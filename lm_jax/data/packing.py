@@ -32,13 +32,15 @@ class Rows(Protocol):
 
 
 class ArrayRows:
-  """Rows stored as equally long arrays, e.g. {'inputs': [N, T], 'label': [N], 'weights': [N]}."""
+  """Rows stored as equally long arrays, e.g. {'inputs': [N, T], 'label': [N], 'weights': [N]}; `label_names`
+  names the class ids of 'label' when the data names its classes (labels.py)."""
 
-  def __init__(self, arrays: dict[str, np.ndarray]):
+  def __init__(self, arrays: dict[str, np.ndarray], label_names: tuple[str, ...] | None = None):
     sizes = {k: len(v) for k, v in arrays.items()}
     if len(set(sizes.values())) != 1 or 'weights' not in arrays:
       raise ValueError(f'ArrayRows needs equally long arrays including weights, got sizes {sizes}.')
     self.arrays = arrays
+    self.label_names = label_names
 
   def __len__(self) -> int:
     return len(self.arrays['weights'])

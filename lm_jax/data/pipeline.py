@@ -56,7 +56,8 @@ class Data:
   """Splits of one dataset for one task, with its tokenizer; see the module docstring."""
 
   def __init__(self, tokenizer, splits: dict[str, Callable[[], packing.Rows]], *, task: str, seed: int,
-               mlm_probability: float = 0.15, stats: dict[str, corpus_lib.TextStats] | None = None):
+               mlm_probability: float = 0.15, stats: dict[str, corpus_lib.TextStats] | None = None,
+               documents: Callable[[str], tuple[list[str], np.ndarray | None]] | None = None):
     if 'train' not in splits:
       raise ValueError(f'Data needs a train split, got {list(splits)}.')
     if seed < 0:
@@ -67,6 +68,7 @@ class Data:
     self.stats = {} if stats is None else stats   # split -> TextStats, filled in as text splits are read
     self._seed = seed
     self._make = splits
+    self._documents = documents
     self._rows: dict[str, packing.Rows] = {}
     self._mask = None
     if task == 'mlm':
@@ -85,14 +87,29 @@ class Data:
       log.info('Split %s: %d rows.', split, len(self._rows[split]))
     return self._rows[split]
 
+  def documents(self, split: str) -> tuple[list[str], np.ndarray | None]:
+    """The cleaned texts of `split` and their labels (None when unlabelled), read from the source: for baselines
+    that need the text itself. Raises ValueError for data that is not text (mqar)."""
+    if self._documents is None:
+      raise ValueError('This dataset has no texts to read (it is generated as token ids).')
+    return self._documents(split)
+
   def num_examples(self, split: str) -> int:
     return len(self.rows(split))
 
   def num_labels(self) -> int:
-    """1 + the largest class label in any split (classification), to check against model.num_classes."""
+    """The number of classes: the class names' count when the data names them, else 1 + the largest label in any
+    split (classification); model.num_classes follows it when left at 0."""
     if self.task != 'classification':
       raise ValueError(f'num_labels() is for classification data, not {self.task!r}.')
+    if self.label_names is not None:
+      return len(self.label_names)
     return 1 + max(int(self.rows(split).arrays['label'].max(initial=-1)) for split in self._make)
+
+  @property
+  def label_names(self) -> tuple[str, ...] | None:
+    """The class names of a classification dataset that names them (labels.py), else None."""
+    return getattr(self.rows('train'), 'label_names', None) if self.task == 'classification' else None
 
   def steps_per_epoch(self, batch_size: int) -> int:
     """Training batches per epoch; the remainder of each epoch is dropped."""
@@ -166,8 +183,15 @@ def text_data(corpus: corpus_lib.Corpus, data_config, *, task: str, seed: int, t
                                           max_len=data_config.max_len)
     return rows
 
+  def documents(split: str) -> tuple[list[str], np.ndarray | None]:
+    texts, labels, ignored = [], [], corpus_lib.TextStats()
+    for raw, chunk_labels in corpus_lib.raw_chunks(corpus.views()[split]):
+      texts += [corpus_lib.clean_text(r, ignored) for r in raw]
+      labels += chunk_labels or []
+    return texts, np.asarray(labels, np.int32) if corpus.labelled else None
+
   return Data(tokenizer, {s: functools.partial(make, s) for s in corpus.split_names}, task=task, seed=seed,
-              mlm_probability=data_config.mlm_probability, stats=stats)
+              mlm_probability=data_config.mlm_probability, stats=stats, documents=documents)
 
 
 def corpus_source(tasks: tuple[str, ...], read_corpus: Callable[..., corpus_lib.Corpus]) -> Source:

@@ -5,8 +5,10 @@ data.paths is a glob, or several separated by commas ('~' and '**' work); files 
               as in BERT's pretraining corpora.
   csv         a header row naming data.text_column and, for classification, data.label_column.
   jsonl       one JSON object per line with those keys; blank lines are skipped.
-Labels are non-negative integers (0, 1, ... or their decimal strings). 'validation' is data.validation_fraction
-of the documents (rows), carved with a fixed seed; data.max_documents caps the documents read. Bytes that are not
+Labels are class names ('positive', 'neutral', ...) or non-negative integers (0, 1, ... or their decimal strings),
+all of one kind (labels.py). 'validation' is data.validation_fraction of the documents (rows), carved with a fixed
+seed, unless data.validation_paths names its own files; data.test_paths adds a 'test' split. data.max_documents
+caps the documents read per split. Bytes that are not
 UTF-8 become U+FFFD and are counted, never an error; a byte order mark starting a csv or jsonl file is skipped.
 The files' paths, sizes and mtimes identify the corpus (the token cache's key), and nothing is read while a cache
 for them exists. Building one scans each file once for the byte ranges of its documents (paragraphs; csv records,
@@ -28,6 +30,7 @@ from typing import Any, Callable, Iterator, NamedTuple
 import numpy as np
 
 from lm_jax.data import corpus as corpus_lib
+from lm_jax.data import labels as labels_lib
 from lm_jax.data import pipeline
 
 # Paragraph separators: two or more line breaks ('\n' or '\r\n'), each followed by optional spaces or tabs. Matched
@@ -55,27 +58,10 @@ def expand_paths(paths: str) -> list[str]:
   return list(dict.fromkeys(files))
 
 
-def _label(value, where: str) -> int:
-  if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():   # '²'.isdigit() too
-    label = int(value)
-  elif isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-    label = value
-  else:
-    raise ValueError(f'{where}: label {value!r} (data.label_column) is not a non-negative integer.')
-  if label >= 2**31:
-    raise ValueError(f'{where}: label {value!r} (data.label_column) is too large: the token cache holds int32.')
-  return label
-
-
 def _columns(text_column: str, label_column: str | None) -> tuple[str, ...]:
   if not text_column:
     raise ValueError('data.text_column is empty: name the csv column / jsonl key that holds the text.')
   return (text_column, label_column) if label_column else (text_column,)
-
-
-def _identity(data_config, files: list[str], **columns) -> dict:
-  return corpus_lib.identity(data_config, files=[[f, os.stat(f).st_size, os.stat(f).st_mtime_ns] for f in files],
-                             **columns)
 
 
 def _home(files: list[str]) -> str:
@@ -158,39 +144,50 @@ def _text_start(data) -> int:
 
 
 class _Scan(NamedTuple):
-  """One file's records: int64 [records, (start, end)], int64 [records] labels, and where a record's text is (the
-  csv field's position, the jsonl key)."""
+  """One file's records: int64 [records, (start, end)], and where a record's text is (the csv field's position,
+  the jsonl key). Their labels go into the `labels.RawLabels` the scan is given."""
   ranges: np.ndarray
-  labels: np.ndarray
   column: int | str
 
 
 class _Format(NamedTuple):
-  scan: Callable[[str, Any, str, str | None], _Scan]   # (path, data, text_column, label_column)
+  scan: Callable[..., _Scan]   # (path, data, text_column, label_column, labels: RawLabels, file number)
   text: Callable[[Any, int, int, int | str], str]   # (data, start, end, column): the record's text
 
 
-def _scan(ranges: array.array, labels: array.array, column: int | str) -> _Scan:
-  return _Scan(np.frombuffer(ranges, np.int64).reshape(-1, 2), np.frombuffer(labels, np.int64), column)
+def _scan(ranges: array.array, column: int | str) -> _Scan:
+  return _Scan(np.frombuffer(ranges, np.int64).reshape(-1, 2), column)
 
 
 class Records(_Spans):
   """The records of csv or jsonl files as `corpus.Documents`: one scan validates every record and finds its byte
-  range and label; `read` parses only the records asked for, from the memory-mapped files."""
+  range and raw label; `read` parses only the records asked for, from the memory-mapped files. The labels are class
+  ids once `labels.assign_ids` has mapped them (over every split at once, as class names need)."""
 
   def __init__(self, files: list[str], table_format: _Format, text_column: str, label_column: str | None):
-    scans = [table_format.scan(path, _mapped(path), text_column, label_column) for path in files]
+    self.raw_labels = labels_lib.RawLabels(files) if label_column else None
+    scans = [table_format.scan(path, _mapped(path), text_column, label_column, self.raw_labels, number)
+             for number, path in enumerate(files)]
     super().__init__(files, [s.ranges for s in scans])
-    self._labels = np.concatenate([s.labels for s in scans]) if label_column else None
+    self._labels = None
+    self.label_names = None
     self._columns = [s.column for s in scans]
     self._text = table_format.text
 
+  def set_label_ids(self, ids: np.ndarray, names: tuple[str, ...] | None) -> None:
+    self._labels, self.label_names = ids, names
+
   def read(self, indices):
     texts = [self._text(data, start, end, self._columns[number]) for number, data, start, end in self._ranges(indices)]
-    return texts, None if self._labels is None else self._labels[indices].tolist()
+    if self.raw_labels is None:
+      return texts, None
+    if self._labels is None:   # not mapped to ids yet: the labels as the files hold them
+      return texts, [self.raw_labels.value(i) for i in indices]
+    return texts, self._labels[indices].tolist()
 
 
-def _scan_csv(path: str, data, text_column: str, label_column: str | None) -> _Scan:
+def _scan_csv(path: str, data, text_column: str, label_column: str | None, labels: labels_lib.RawLabels | None,
+              file_number: int) -> _Scan:
   csv.field_size_limit(_FIELD_SIZE_LIMIT)
   columns = _columns(text_column, label_column)
   lines = _Lines(data, _text_start(data))
@@ -198,19 +195,19 @@ def _scan_csv(path: str, data, text_column: str, label_column: str | None) -> _S
   for column in columns:
     if column not in (reader.fieldnames or ()):
       raise ValueError(f'{path}: no column {column!r}; the header has {reader.fieldnames}.')
-  ranges, labels, start = array.array('q'), array.array('q'), lines.end
+  ranges, start = array.array('q'), lines.end
   for row in reader:   # the reader pulls a record's lines and no more: lines.end is where the record ends
     where = f'{path}:{reader.line_num}'
     missing = [column for column in columns if row[column] is None]   # DictReader's filler for short rows
     if missing:
       raise ValueError(f'{where}: the row has no field for column(s) {missing}; the header has {reader.fieldnames}.')
     if label_column:
-      labels.append(_label(row[label_column], where))
+      labels.add(labels_lib.raw_label(row[label_column], where), file_number, reader.line_num)
     # The record starts after the blank lines DictReader skipped (a line that starts with a break is blank).
     ranges.extend((_LINE_BREAKS.match(data, start).end(), lines.end))
     start = lines.end
   # DictReader's row maps each name to its last field: the text is the one at the name's last position.
-  return _scan(ranges, labels, len(reader.fieldnames) - 1 - reader.fieldnames[::-1].index(text_column))
+  return _scan(ranges, len(reader.fieldnames) - 1 - reader.fieldnames[::-1].index(text_column))
 
 
 def _csv_text(data, start: int, end: int, column: int) -> str:
@@ -227,9 +224,10 @@ def _universal_newline(line: str) -> str:
   return line[:-1] + '\n' if line.endswith('\r') else line
 
 
-def _scan_jsonl(path: str, data, text_column: str, label_column: str | None) -> _Scan:
+def _scan_jsonl(path: str, data, text_column: str, label_column: str | None, labels: labels_lib.RawLabels | None,
+                file_number: int) -> _Scan:
   columns = _columns(text_column, label_column)
-  ranges, labels = array.array('q'), array.array('q')
+  ranges = array.array('q')
   lines = _Lines(data, _text_start(data))
   start = lines.end
   for line_no, line in enumerate(lines, 1):
@@ -247,9 +245,9 @@ def _scan_jsonl(path: str, data, text_column: str, label_column: str | None) -> 
     if not isinstance(record[text_column], str):
       raise ValueError(f'{where}: {text_column!r} is {type(record[text_column]).__name__}, not a string.')
     if label_column:
-      labels.append(_label(record[label_column], where))
+      labels.add(labels_lib.raw_label(record[label_column], where), file_number, line_no)
     ranges.extend((line_start, start))
-  return _scan(ranges, labels, text_column)
+  return _scan(ranges, text_column)
 
 
 def _jsonl_text(data, start: int, end: int, key: str) -> str:
@@ -260,12 +258,44 @@ CSV_FORMAT = _Format(_scan_csv, _csv_text)
 JSONL_FORMAT = _Format(_scan_jsonl, _jsonl_text)
 
 
+def _split_files(data_config) -> dict[str, list[str]]:
+  """{'train': data.paths's files, 'validation': data.validation_paths's, 'test': data.test_paths's}, as given."""
+  given = {'train': data_config.paths, 'validation': data_config.validation_paths, 'test': data_config.test_paths}
+  return {split: expand_paths(paths) for split, paths in given.items() if split == 'train' or paths.strip()}
+
+
+def _split_views(make_docs, files: dict[str, list[str]], data_config) -> dict[str, tuple[corpus_lib.View, ...]]:
+  """train (and a carved validation unless validation files are given) from the train files; the given splits
+  each from its own files (data.max_documents caps each)."""
+  views = corpus_lib.train_and_validation(make_docs(files['train']), data_config,
+                                          carve='validation' not in files)
+  for split in ('validation', 'test'):
+    if split in files:
+      views[split] = (corpus_lib.View.all(make_docs(files[split]), data_config.max_documents),)
+  return views
+
+
+def _split_names(files: dict[str, list[str]], data_config) -> tuple[str, ...]:
+  names = corpus_lib.train_and_validation_names(data_config, carve='validation' not in files)
+  return names + tuple(split for split in ('validation', 'test') if split in files and split not in names)
+
+
+def _corpus_identity(data_config, files: dict[str, list[str]], **columns) -> dict:
+  stamps = {split: [[f, os.stat(f).st_size, os.stat(f).st_mtime_ns] for f in paths] for split, paths in files.items()}
+  train = stamps.pop('train')
+  # Keys are added only when used, so that caches built before these options existed keep their keys.
+  given = {key: value for key, value in (('split_files', stamps), ('label_names', columns.pop('label_names', [])))
+           if value}
+  return corpus_lib.identity(data_config, files=train, **columns, **given)
+
+
 def read_text_files(data_config, task: str) -> corpus_lib.Corpus:
   del task
-  files = expand_paths(data_config.paths)
-  views = functools.cache(lambda: corpus_lib.train_and_validation(Paragraphs(files), data_config))
-  return corpus_lib.Corpus(corpus_lib.train_and_validation_names(data_config), labelled=False,
-                           identity=_identity(data_config, files), views=views, home=_home(files))
+  files = _split_files(data_config)
+  views = functools.cache(lambda: _split_views(Paragraphs, files, data_config))
+  return corpus_lib.Corpus(_split_names(files, data_config), labelled=False,
+                           identity=_corpus_identity(data_config, files), views=views,
+                           home=_home(sum(files.values(), [])))
 
 
 def _table_reader(table_format: _Format):
@@ -274,16 +304,32 @@ def _table_reader(table_format: _Format):
     if label_column == '':
       raise ValueError('data.label_column is empty: classification needs the csv column / jsonl key of the labels.')
     _columns(data_config.text_column, label_column)
-    files = expand_paths(data_config.paths)
+    files = _split_files(data_config)
 
     def views():
-      docs = Records(files, table_format, data_config.text_column, label_column)
-      return corpus_lib.train_and_validation(docs, data_config)
+      split_views = _split_views(lambda paths: Records(paths, table_format, data_config.text_column, label_column),
+                                 files, data_config)
+      if label_column:
+        _assign_label_ids(split_views, data_config.label_names)
+      return split_views
 
-    identity = _identity(data_config, files, text_column=data_config.text_column, label_column=label_column)
-    return corpus_lib.Corpus(corpus_lib.train_and_validation_names(data_config), labelled=label_column is not None,
-                             identity=identity, views=functools.cache(views), home=_home(files))
+    identity = _corpus_identity(data_config, files, text_column=data_config.text_column, label_column=label_column,
+                                label_names=list(data_config.label_names) if label_column else [])
+    return corpus_lib.Corpus(_split_names(files, data_config), labelled=label_column is not None, identity=identity,
+                             views=functools.cache(views), home=_home(sum(files.values(), [])))
   return read_corpus
+
+
+def _assign_label_ids(split_views: dict[str, tuple[corpus_lib.View, ...]], label_names) -> None:
+  """Maps every split's raw labels to class ids at once (`labels.assign_ids`); a carved validation split shares the
+  train files' Records, whose labels all count as training labels."""
+  records = {}
+  for split, (view,) in split_views.items():
+    records.setdefault(id(view.docs), (split, view.docs))
+  raw = {split: docs.raw_labels for split, docs in records.values()}
+  ids, names = labels_lib.assign_ids(raw, label_names)
+  for split, docs in records.values():
+    docs.set_label_ids(ids[split], names)
 
 
 read_csv = _table_reader(CSV_FORMAT)

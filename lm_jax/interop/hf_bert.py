@@ -34,6 +34,7 @@ from lm_jax import models
 from lm_jax import optim
 from lm_jax import steps
 from lm_jax import train
+from lm_jax import workdir as workdir_lib
 from lm_jax.data import tokenizers
 from lm_jax.data import wordpiece
 from lm_jax.models import transformer
@@ -174,6 +175,8 @@ def run_config(hf: dict, tensors: dict[str, np.ndarray], base: ml_collections.Co
       pooler='pooler.dense.weight' in tensors)
   if has_classifier:
     c.model.num_classes = tensors['classifier.weight'].shape[0]
+  elif c.model.num_classes == 0:   # no head to count: the classes BERT's config.json names (its default: 2)
+    c.model.num_classes = len(hf.get('id2label') or {}) or 2
   c.data.update(tokenizer='wordpiece', wordpiece_vocab=os.path.abspath(vocab_path), lowercase=lowercase,
                 max_len=min(c.data.max_len, hf['max_position_embeddings']))
   return c
@@ -212,9 +215,9 @@ def convert(hf_dir: str, workdir: str, base_config: ml_collections.ConfigDict) -
                 "init_from_reinit='classifier_head', not for prediction.", hf_dir)
 
   os.makedirs(workdir, exist_ok=True)
-  train.prepare_workdir(config, workdir)
+  workdir_lib.prepare(config, workdir)
   tokenizers.save(tokenizer, os.path.join(workdir, 'tokenizer'))
-  train.save_config(config, workdir)
+  workdir_lib.save_config(config, workdir)
   params = traverse_util.unflatten_dict({p: jnp.asarray(v, jnp.float32) for p, v in params.items()}, sep='/')
   state = steps.TrainState(
       step=jnp.array(0, jnp.int32), params=params,

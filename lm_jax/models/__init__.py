@@ -18,7 +18,7 @@ import types
 import flax.linen as nn
 import jax
 
-from lm_jax.models import rnn, transformer
+from lm_jax.models import linear_attention, mamba, rg_lru, rnn, transformer
 from lm_jax.models.generate import generate
 from lm_jax.models.layers import VOCABULARY_TASKS, HeadInputs, check_choice
 
@@ -32,6 +32,10 @@ FAMILIES: dict[str, types.ModuleType] = {
     'rnn': rnn,
     'lstm': rnn,
     'gru': rnn,
+    'linear_attention': linear_attention,
+    'mamba': mamba,
+    'rg_lru': rg_lru,
+    'griffin': rg_lru,
 }
 MODELS = tuple(FAMILIES)
 
@@ -64,6 +68,9 @@ def train_flops_per_token(model_config, *, vocab_size: int, seq_len: int) -> flo
 
 def get_model(model_config, *, vocab_size: int, max_len: int) -> nn.Module:
   """The module named by `model_config.name` for `model_config.task`; unknown values raise ValueError."""
+  if model_config.task == 'classification' and model_config.num_classes < 1:
+    raise ValueError(f'model.num_classes={model_config.num_classes}: 0 means "as many as the data has", which the '
+                     'trainer resolves before building the model; set it > 0 to build a classifier directly.')
   return _family(model_config.name).from_config(model_config, vocab_size=vocab_size, max_len=max_len)
 
 

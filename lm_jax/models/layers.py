@@ -177,3 +177,15 @@ class OutputHead(nn.Module):
       return HeadInputs(h_BxTxD.astype(self.dtype), token_embed.embedding, bias_V)
     return add_bias(jnp.einsum('btd,vd->btv', h_BxTxD.astype(self.dtype), token_embed.embedding.astype(self.dtype),
                                preferred_element_type=jnp.float32), bias_V)
+
+
+def lm_or_classifier_head(cfg, task: str, h_BxTxF, token_embed: nn.Embed, pool: Callable, *, head_inputs: bool,
+                          train: bool):
+  """The head of a trunk with outputs `[B, T, F]`: lm → the vocabulary head on every position (`OutputHead`);
+  classification → `ClassifierHead` on `pool(h)`. Called inside a model's compact `__call__`, so the heads are
+  the model's 'lm_head' or 'classifier_head'."""
+  if task == 'lm':
+    return OutputHead(cfg.vocab_size, cfg.tie_embeddings, transform=False, dtype=cfg.compute_dtype,
+                      name='lm_head')(h_BxTxF, token_embed, head_inputs=head_inputs)
+  return ClassifierHead(cfg.num_classes, cfg.dropout, cfg.compute_dtype, name='classifier_head')(
+      pool(h_BxTxF), train=train)

@@ -1,7 +1,9 @@
 """Transformer encoder (BERT-style classifier, masked LM) and causal decoder (LM) as Flax linen modules.
 
 ids `[B, T]` (pad id 0) → embeddings (+ learned or sinusoidal positions, + token-type embeddings) → num_layers ×
-(self-attention + GELU MLP, pre-LN or post-LN) → a head of `layers` under a top-level name containing 'head'.
+(self-attention + MLP, pre-norm or post-norm) → a head of `layers` under a top-level name containing 'head'.
+The layers are `blocks`: RoPE, grouped-query attention, a causal sliding window, a GELU or SwiGLU MLP, LayerNorm or
+RMSNorm, biases or none (a Llama-style decoder: experiments/llama.py).
 Attention is `lm_jax.attention` (or cuDNN's fused kernel); the additive bias b is none, a learned T5
 relative-position bias per head, or ALiBi; with smeared_keys each key mixes in the previous token's key (Olsson et
 al., 2022: induction and recall heads form in one layer, not after a previous-token head in another). Params are
@@ -14,188 +16,65 @@ tokens; a pad query gets a zero attention output (BERT's differs there, but no r
 
 import dataclasses
 import functools
-import math
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
-import numpy as np
 
-from lm_jax import attention
-from lm_jax.models import layers
+from lm_jax.models import blocks, layers
+from lm_jax.models.blocks import ACTIVATIONS, ATTENTIONS, SelfAttention  # noqa: F401  (this module's API)
+from lm_jax.models.positions import (POSITIONS, RELATIVE_BUCKETS, alibi_slopes,  # noqa: F401
+                                     relative_position_bucket, sinusoidal_positions)
 
 TASKS = ('classification', 'mlm', 'lm')
 ATTENTION_BIASES = ('none', 'relative', 'alibi')
-POSITIONS = ('learned', 'sinusoidal', 'none')
-ATTENTIONS = ('dense', 'chunked', 'cudnn')
-# model.hidden_act, by Hugging Face's names: the MLP's activation and the MLM transform's.
-ACTIVATIONS = {
-    'gelu': functools.partial(nn.gelu, approximate=False),    # exact: x·Φ(x)
-    'gelu_new': functools.partial(nn.gelu, approximate=True),  # tanh approximation (GPT-2; HF gelu_pytorch_tanh)
-}
-# T5's defaults: 32 buckets, exact up to 8 (bidirectional: per direction), logarithmic up to distance 128.
-RELATIVE_BUCKETS = 32
-RELATIVE_MAX_DISTANCE = 128
 
 _embed_init = nn.initializers.normal(stddev=0.02)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class TransformerConfig(layers.ModelConfig):
+class TransformerConfig(blocks.AttentionConfig):
   """Everything a transformer module needs; built from `config.model` by `from_config`."""
-  max_len: int
-  num_heads: int = 2
-  mlp_dim: int = 64
   attention_bias: str = 'none'
-  positions: str = 'learned'
   pre_norm: bool = True
-  attention: str = 'dense'
   type_vocab_size: int = 0
   pooler: bool = False
-  layer_norm_eps: float = 1e-6
-  hidden_act: str = 'gelu'
   max_position_embeddings: int = 0
-  smeared_keys: bool = False
 
   def __post_init__(self):
     super().__post_init__()
     layers.check_choice('model.attention_bias', self.attention_bias, ATTENTION_BIASES)
-    layers.check_choice('model.positions', self.positions, POSITIONS)
-    layers.check_choice('model.attention', self.attention, ATTENTIONS)
-    layers.check_choice('model.hidden_act', self.hidden_act, tuple(ACTIVATIONS))
     if min(self.type_vocab_size, self.max_position_embeddings) < 0:
       raise ValueError(f'model.type_vocab_size={self.type_vocab_size} and model.max_position_embeddings='
                        f'{self.max_position_embeddings} must be >= 0.')
-    if self.layer_norm_eps <= 0:
-      raise ValueError(f'model.layer_norm_eps={self.layer_norm_eps} must be > 0.')
     if self.positions == 'learned' and self.position_table_size < self.max_len:
       raise ValueError(f'model.max_position_embeddings={self.max_position_embeddings} is less than '
                        f'data.max_len={self.max_len}: the learned position table must cover every position.')
     if self.pooler and self.pooling != 'cls':
       raise ValueError(f"model.pooler=True reads the [CLS] position: it needs model.pooling='cls', got "
                        f'{self.pooling!r}.')
-    if self.d_model % self.num_heads:
-      raise ValueError(f'model.d_model={self.d_model} must be divisible by model.num_heads={self.num_heads}.')
     if self.positions == 'sinusoidal' and self.d_model % 2:
       raise ValueError(f'model.positions=sinusoidal needs an even model.d_model, got {self.d_model}.')
-    if self.attention == 'cudnn':
-      if jax.default_backend() != 'gpu':
-        raise ValueError(f"model.attention='cudnn' runs only on GPU; this backend is {jax.default_backend()!r}. "
-                         "Use model.attention='dense'.")
-      if self.dtype != 'bfloat16':
-        raise ValueError(f"model.attention='cudnn' needs model.dtype='bfloat16' (cuDNN has no float32 kernel), "
-                         f'got {self.dtype!r}.')
-
 
   @property
   def position_table_size(self) -> int:
     return self.max_position_embeddings or self.max_len
 
-  def layer_norm(self, **kwargs) -> nn.LayerNorm:
-    return nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.compute_dtype, param_dtype=jnp.float32, **kwargs)
-
-
-def relative_position_bucket(relative_position, *, bidirectional: bool, num_buckets: int = RELATIVE_BUCKETS,
-                             max_distance: int = RELATIVE_MAX_DISTANCE) -> jax.Array:
-  """T5's bucket of `key_position - query_position`: exact for small distances, log-spaced up to max_distance.
-
-  bidirectional (32 buckets): 0 → 0, -1 → 1, +1 → 17, -127 → 15, -1000 → 15, +1000 → 31.
-  causal (keys never after the query): 0 → 0, -1 → 1, -20 → 17, -1000 → 31.
-  """
-  distance = -jnp.asarray(relative_position)  # > 0: the key lies before the query
-  bucket = jnp.zeros_like(distance)
-  if bidirectional:
-    num_buckets //= 2
-    bucket = jnp.where(distance < 0, num_buckets, 0)
-    distance = jnp.abs(distance)
-  else:
-    distance = jnp.maximum(distance, 0)
-  max_exact = num_buckets // 2
-  # Only used where distance >= max_exact, so the log never sees 0.
-  log_ratio = jnp.log(jnp.maximum(distance, max_exact) / max_exact) / math.log(max_distance / max_exact)
-  large = max_exact + (log_ratio * (num_buckets - max_exact)).astype(jnp.int32)
-  large = jnp.minimum(large, num_buckets - 1)
-  return bucket + jnp.where(distance < max_exact, distance, large)
-
-
-def alibi_slopes(num_heads: int) -> np.ndarray:
-  """ALiBi head slopes (Press et al., 2022): 2^(-8/H·(h+1)); non-powers of 2 interleave the next power's slopes.
-
-  alibi_slopes(4) == [2^-2, 2^-4, 2^-6, 2^-8]
-  """
-  def geometric(n):
-    return [2.0 ** (-8.0 * (h + 1) / n) for h in range(n)]
-  closest = 2 ** int(math.floor(math.log2(num_heads)))
-  slopes = geometric(closest) + geometric(2 * closest)[0::2][:num_heads - closest]
-  return np.asarray(slopes, np.float32)
-
-
-def sinusoidal_positions(positions_BxT: jax.Array, d_model: int) -> jax.Array:
-  """float32 `[B, T, D]`: sin(p / 10000^(2i/D)) in the first D/2 features, cos in the last D/2."""
-  inv_freq = 1.0 / (10000.0 ** (jnp.arange(d_model // 2, dtype=jnp.float32) * 2.0 / d_model))
-  angles_BxTxF = positions_BxT[..., None].astype(jnp.float32) * inv_freq[None, None, :]
-  return jnp.concatenate([jnp.sin(angles_BxTxF), jnp.cos(angles_BxTxF)], axis=-1)
-
-
-def _attend(q, k, v, *, bias, mask, implementation: str):
-  if implementation == 'dense':
-    return attention.dot_product_attention(q, k, v, bias=bias, mask=mask)
-  if implementation == 'chunked':
-    return attention.chunked_dot_product_attention(q, k, v, bias=bias, mask=mask)
-  # cuDNN folds the mask into one bias in the compute dtype.
-  bias = None if bias is None else bias.astype(q.dtype)
-  return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, implementation='cudnn')
-
-
-class SelfAttention(nn.Module):
-  """Multi-head self-attention; with `decode_index` it writes k, v into a max_len cache and attends to it."""
-  config: TransformerConfig
-
-  @nn.compact
-  def __call__(self, x_BxTxD, *, bias, mask, key_positions, decode_index=None):
-    cfg = self.config
-    dense = functools.partial(nn.DenseGeneral, features=(cfg.num_heads, cfg.d_model // cfg.num_heads),
-                              dtype=cfg.compute_dtype, param_dtype=jnp.float32)
-    q_BxTxHxK = dense(name='query')(x_BxTxD)
-    k_BxTxHxK = dense(name='key')(x_BxTxD)
-    v_BxTxHxK = dense(name='value')(x_BxTxD)
-    if decode_index is not None:
-      cache_shape = (x_BxTxD.shape[0], cfg.max_len) + k_BxTxHxK.shape[2:]
-      cached_k = self.variable('cache', 'cached_key', jnp.zeros, cache_shape, k_BxTxHxK.dtype)
-      cached_v = self.variable('cache', 'cached_value', jnp.zeros, cache_shape, v_BxTxHxK.dtype)
-      cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k_BxTxHxK, (0, decode_index, 0, 0))
-      cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v_BxTxHxK, (0, decode_index, 0, 0))
-      k_BxTxHxK, v_BxTxHxK = cached_k.value, cached_v.value
-    if cfg.smeared_keys:   # positions restart at 0 where a document (or a decoded row) starts
-      mix_H = self.param('smear', nn.initializers.zeros, (cfg.num_heads,), jnp.float32)
-      k_BxTxHxK = attention.smear_keys(k_BxTxHxK, mix_H, key_positions == 0)
-    if self.is_mutable_collection('intermediates'):   # attention maps (lm_jax.tools.attention_maps): only when asked
-      self.sow('intermediates', 'attention_weights',
-               attention.attention_weights(q_BxTxHxK, k_BxTxHxK, bias=bias, mask=mask))
-    out_BxTxHxK = _attend(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, bias=bias, mask=mask, implementation=cfg.attention)
-    return nn.DenseGeneral(cfg.d_model, axis=(-2, -1), dtype=cfg.compute_dtype, param_dtype=jnp.float32,
-                           name='out')(out_BxTxHxK)
-
 
 class Block(nn.Module):
-  """Attention and MLP (hidden_act), each in a residual branch with dropout; LayerNorm before (pre-LN) or after."""
+  """Attention and MLP (model.mlp), each in a residual branch with dropout; the norm before (pre-LN) or after."""
   config: TransformerConfig
 
   @nn.compact
-  def __call__(self, x_BxTxD, *, bias, mask, key_positions, decode_index, train: bool):
+  def __call__(self, x_BxTxD, *, bias, mask, query_positions, key_positions, decode_index, train: bool):
     cfg = self.config
-    dense = functools.partial(nn.Dense, dtype=cfg.compute_dtype, param_dtype=jnp.float32)
     norm = cfg.layer_norm
     dropout = functools.partial(layers.Dropout(cfg.dropout), train=train)
 
     def attend(y):
-      return SelfAttention(cfg, name='attention')(y, bias=bias, mask=mask, key_positions=key_positions,
-                                                  decode_index=decode_index)
+      return SelfAttention(cfg, name='attention')(y, bias=bias, mask=mask, query_positions=query_positions,
+                                                  key_positions=key_positions, decode_index=decode_index)
 
-    def mlp(y):
-      y = ACTIVATIONS[cfg.hidden_act](dense(cfg.mlp_dim, name='mlp_in')(y))
-      return dense(cfg.d_model, name='mlp_out')(y)
-
+    mlp = functools.partial(blocks.mlp, cfg)
     if cfg.pre_norm:
       x_BxTxD = x_BxTxD + dropout(attend(norm(name='attention_norm')(x_BxTxD)))
       return x_BxTxD + dropout(mlp(norm(name='mlp_norm')(x_BxTxD)))
@@ -238,12 +117,14 @@ class Transformer(nn.Module):
     if cfg.positions == 'learned' and inputs_BxT.shape[1] > cfg.max_len:
       raise ValueError(f'sequence length {inputs_BxT.shape[1]} exceeds max_len={cfg.max_len} (learned positions).')
     if decode:
-      q_pos_BxT, k_pos_BxS, mask, decode_index = self._decode_positions(inputs_BxT, segment_ids, positions)
+      if not self.causal:
+        raise ValueError('decode=True needs the causal decoder (model.task=lm).')
+      layers.check_decode_inputs(True, segment_ids, positions)
+      q_pos_BxT, k_pos_BxS, mask, decode_index = blocks.decode_positions(self, inputs_BxT, max_len=cfg.max_len,
+                                                                         window=cfg.attention_window)
     else:
       q_pos_BxT = k_pos_BxS = self._positions(inputs_BxT, positions)
-      mask = attention.combine_masks(
-          attention.causal_mask(inputs_BxT.shape[1]) if self.causal else attention.padding_mask(inputs_BxT),
-          None if segment_ids is None else attention.segment_mask(segment_ids))
+      mask = blocks.train_mask(inputs_BxT, causal=self.causal, segment_ids=segment_ids, window=cfg.attention_window)
       decode_index = None
 
     x_BxTxD = self.token_embed(inputs_BxT)
@@ -260,8 +141,8 @@ class Transformer(nn.Module):
 
     bias = self._attention_bias(q_pos_BxT, k_pos_BxS)
     for layer in self.layers:
-      x_BxTxD = layer(x_BxTxD, bias=bias, mask=mask, key_positions=k_pos_BxS, decode_index=decode_index,
-                      train=train)
+      x_BxTxD = layer(x_BxTxD, bias=bias, mask=mask, query_positions=q_pos_BxT, key_positions=k_pos_BxS,
+                      decode_index=decode_index, train=train)
     return self.norm(x_BxTxD) if cfg.pre_norm else x_BxTxD
 
   def _positions(self, inputs_BxT, positions_BxT):
@@ -269,28 +150,6 @@ class Transformer(nn.Module):
     if positions_BxT is not None:
       return positions_BxT
     return jnp.arange(inputs_BxT.shape[1], dtype=jnp.int32)[None]
-
-  def _decode_positions(self, inputs_BxT, segment_ids, positions):
-    """Queries sit in cache slots index, index+1, …; keys are the max_len slots from the row's first prompt token
-    up to each query. A row's positions count from its first prompt token (slots before it hold left padding)."""
-    if not self.causal:
-      raise ValueError('decode=True needs the causal decoder (model.task=lm).')
-    layers.check_decode_inputs(True, segment_ids, positions)
-    length = inputs_BxT.shape[1]
-    index = self.variable('cache', 'index', lambda: jnp.zeros((), jnp.int32))
-    # Created by the first call, the prompt: its leading pad ids per row (argmax finds the first real token).
-    start = self.variable('cache', 'start', lambda: jnp.argmax(inputs_BxT != layers.PAD_ID, axis=1).astype(jnp.int32))
-    decode_index = index.value
-    index.value = decode_index + length
-    q_slot_1xT = (decode_index + jnp.arange(length, dtype=jnp.int32))[None]
-    k_slot_1xS = jnp.arange(self.config.max_len, dtype=jnp.int32)[None]
-    start_Bx1 = start.value[:, None]
-    mask_Bx1xTxS = ((k_slot_1xS[:, None, :] <= q_slot_1xT[:, :, None])
-                    & (k_slot_1xS[:, None, :] >= start_Bx1[:, :, None]))[:, None]
-    # Padding slots get position 0; they are masked as keys, and their queries' outputs are never read.
-    q_pos_BxT = jnp.maximum(q_slot_1xT - start_Bx1, 0)
-    k_pos_BxS = jnp.maximum(k_slot_1xS - start_Bx1, 0)
-    return q_pos_BxT, k_pos_BxS, mask_Bx1xTxS, decode_index
 
   def _attention_bias(self, q_pos_BxT, k_pos_BxS):
     """The additive b, float32 `[B or 1, H, T, S]`, from key − query positions (packed documents restart)."""
@@ -314,6 +173,9 @@ class TransformerModel(nn.Module):
 
   def __post_init__(self):
     layers.check_choice('model.task', self.task, TASKS)
+    if self.task != 'lm' and self.config.attention_window:
+      raise ValueError(f'model.attention_window={self.config.attention_window} is a causal sliding window: it needs '
+                       f'model.task=lm, not {self.task!r}.')
     if self.task == 'lm' and self.config.pooler:
       raise ValueError('model.pooler=True is for encoders (task classification or mlm), not the causal lm decoder.')
     super().__post_init__()
@@ -353,18 +215,39 @@ class TransformerModel(nn.Module):
 # ---------------------------------------------------------------------------------------------------- model facts
 # What the registry, sweeps and FLOP counting ask of a model family (lm_jax.models.FAMILIES).
 
+def kv_width(model_config) -> int:
+  """Features of the keys (and of the values) per token and layer: kv_heads · d_model / num_heads."""
+  heads = model_config.get('num_heads', 1)
+  return model_config.d_model * (model_config.get('num_kv_heads', 0) or heads) // heads
+
+
 def state_size(model_config) -> tuple[int, str]:
-  """(floats, 'per token'): the KV cache, keys and values of d_model per layer, for every token kept."""
-  return 2 * model_config.num_layers * model_config.d_model, 'per token'
+  """The KV cache, keys and values of kv_heads · head_dim features per layer: (floats, 'per token'), or with a
+  sliding window of w keys, (w · that, 'per sequence')."""
+  per_token = 2 * model_config.num_layers * kv_width(model_config)
+  window = model_config.get('attention_window', 0)
+  return (per_token * window, 'per sequence') if window else (per_token, 'per token')
+
+
+def attended_keys(seq_len: int, *, causal: bool, window: int = 0) -> float:
+  """Keys per query, averaged over a sequence: T (encoder), T/2 (causal, by the usual convention), and with a
+  window w < T, w − w²/(2T) (the first w queries see fewer)."""
+  if not causal:
+    return float(seq_len)
+  if not window or window >= seq_len:
+    return seq_len / 2
+  return window - window * window / (2 * seq_len)
 
 
 def train_flops_per_token(model_config, *, vocab_size: int, seq_len: int) -> float:
-  """6·L·(4d² + 2d·d_ff) + 12·L·d·T (halved for causal LM) + head: lm/mlm 6·d·V per token, classification
-  6·(d² + d·C) per sequence (pooler + classifier, as in BERT)."""
+  """6·L·(2d² + 2d·d_kv + m·d·d_ff) (m = 2, SwiGLU 3) + 12·L·d·(attended keys) + head: lm/mlm 6·d·V per token,
+  classification 6·(d² + d·C) per sequence (pooler + classifier, as in BERT)."""
   layers_, d, task = model_config.num_layers, model_config.d_model, model_config.task
-  dense = 6 * layers_ * (4 * d * d + 2 * d * model_config.mlp_dim)
-  # QKᵀ and AV: 2·2·T·d per token and layer forward, ×3 with the backward; a causal mask skips half of them.
-  attention_flops = 12 * layers_ * d * seq_len / (2 if task == 'lm' else 1)
+  mlp_matrices = 3 if model_config.get('mlp', 'gelu') == 'swiglu' else 2
+  dense = 6 * layers_ * (2 * d * d + 2 * d * kv_width(model_config) + mlp_matrices * d * model_config.mlp_dim)
+  # QKᵀ and AV: 2·2·d per attended key, token and layer forward, ×3 with the backward.
+  keys = attended_keys(seq_len, causal=task == 'lm', window=model_config.get('attention_window', 0))
+  attention_flops = 12 * layers_ * d * keys
   if task == 'classification':
     head = 6 * (d * d + d * model_config.num_classes) / seq_len
   else:

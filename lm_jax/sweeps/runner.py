@@ -5,8 +5,8 @@ tokenizer, checkpoints, metrics.jsonl and results.json. Running again skips fini
 one from its latest checkpoint. A run that raises leaves its traceback in DIR/<run>/error.txt and the sweep goes on.
 
   DIR/<run>/ablate.json   parameters, the runner's wall and CPU time (summed over attempts)
-  DIR/results.csv, .md    one row per variant, seeds merged (lm_jax/sweep_report.py)
-  DIR/plots/*.png         learning curves, final metrics, MQAR recall vs length (lm_jax/sweep_plots.py)
+  DIR/results.csv, .md    one row per variant, seeds merged (sweeps/report.py)
+  DIR/plots/*.png         learning curves, final metrics, MQAR recall vs length (sweeps/plots.py)
   DIR/compile_cache/      compiled XLA programs the seeds of a variant share (safe to delete)
 """
 

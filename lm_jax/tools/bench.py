@@ -41,6 +41,7 @@ from lm_jax import defaults
 from lm_jax import metrics
 from lm_jax import models
 from lm_jax import optim
+from lm_jax import row_gradients
 from lm_jax import steps
 from lm_jax import train
 
@@ -60,14 +61,14 @@ _TRANSFORMER = {'model.name': 'transformer', 'model.num_layers': 4, 'model.d_mod
                 'model.mlp_dim': 1024, 'model.dropout': 0.1}
 CASES = {
     # HF BertForSequenceClassification: post-LN, learned positions, dropout 0.1.
-    'bert': Case({**_TRANSFORMER, 'model.task': 'classification', 'model.pre_norm': False}, 30522, 16, 128,
-                 'torch_bert_bench.py'),
+    'bert': Case({**_TRANSFORMER, 'model.task': 'classification', 'model.num_classes': 2, 'model.pre_norm': False},
+                 30522, 16, 128, 'torch_bert_bench.py'),
     # HF GPT2LMHeadModel: pre-LN, learned positions, tied head, dropout 0.1, loss over the T-1 shifted targets.
     'gpt': Case({**_TRANSFORMER, 'model.task': 'lm'}, 32000, 16, 256, 'torch_gpt_bench.py'),
     # Embedding → one forward nn.LSTM(256, 256) → last hidden state → Linear(256, 2); no dropout.
-    'lstm': Case({'model.name': 'lstm', 'model.task': 'classification', 'model.num_layers': 1, 'model.d_model': 256,
-                  'model.dropout': 0.0, 'model.bidirectional': False, 'model.positions': 'none'}, 30522, 16, 128,
-                 'torch_lstm_bench.py'),
+    'lstm': Case({'model.name': 'lstm', 'model.task': 'classification', 'model.num_classes': 2, 'model.num_layers': 1,
+                  'model.d_model': 256, 'model.dropout': 0.0, 'model.bidirectional': False, 'model.positions': 'none'},
+                 30522, 16, 128, 'torch_lstm_bench.py'),
     # A small decoder for long sequences (dense vs chunked attention): a 512-token vocabulary keeps the head small.
     'long': Case({'model.name': 'transformer', 'model.task': 'lm', 'model.num_layers': 2, 'model.d_model': 256,
                   'model.num_heads': 4, 'model.mlp_dim': 1024, 'model.dropout': 0.0, 'model.attention': 'chunked'},
@@ -88,8 +89,8 @@ _WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed steps after compilation.')
 _DTYPE = flags.DEFINE_enum('dtype', None, ['float32', 'bfloat16'], 'Compute dtype; default: the case\'s.')
 _ATTENTION = flags.DEFINE_string('attention', None, 'model.attention (dense | chunked | cudnn); default: the case\'s.')
 _REFERENCE = flags.DEFINE_bool('reference', False, 'Alternate with the torch reference script and print the ratio.')
-_REFERENCE_DIR = flags.DEFINE_string('reference_dir', os.path.join(os.path.dirname(__file__), '..', '..', 'shared',
-                                                                   'reference'),
+_REFERENCE_DIR = flags.DEFINE_string('reference_dir', os.path.join(os.path.dirname(__file__), '..', '..', '..',
+                                                                   'shared', 'reference'),
                                      'Directory of torch_{bert,gpt,lstm}_bench.py.')
 _REFERENCE_PYTHON = flags.DEFINE_string('reference_python', sys.executable, 'Python with torch and transformers.')
 _ROUNDS = flags.DEFINE_integer('rounds', 3, 'lm_jax/torch alternations with --reference.')
@@ -162,7 +163,8 @@ class Bench:
     self.batch_arrays = train.to_global(random_batch(mc.task, case.vocab_size, self.batch, self.seq), mesh)
     start = time.perf_counter()
     # Timed as the train loop runs it between log lines: without the norm metrics (`with_norms` False).
-    self.step = steps.make_train_step(model, optimizer, mesh, grad_accum_steps=1).lower(
+    rows, _ = row_gradients.for_training(model, params, self.config.optim, 1, self.batch * self.seq)
+    self.step = steps.make_train_step(model, optimizer, mesh, grad_accum_steps=1, rows=rows).lower(
         self.state, self.batch_arrays, False).compile()
     self.compile_s = time.perf_counter() - start
     memory = self.step.memory_analysis()

@@ -5,7 +5,7 @@
 --hf_bert is a folder as `save_pretrained` writes it: config.json, model.safetensors and vocab.txt (BertModel,
 BertForMaskedLM, BertForSequenceClassification or BertForPreTraining). The workdir gets config.json (--config with
 BERT's model and data keys), tokenizer/ and a step-0 checkpoint: use it as init_from (experiments/imdb_bert.py),
-with lm_jax.load, lm_jax.predict or --mode=evaluate. See lm_jax/hf_bert.py.
+with lm_jax.load, lm_jax.predict or --mode=evaluate. See lm_jax/interop/hf_bert.py.
 """
 
 

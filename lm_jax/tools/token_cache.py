@@ -1,4 +1,4 @@
-"""Token cache at scale (issue 10): build time, resume to the first training step, and memory, on generated text.
+"""Token cache at scale: build time, resume to the first training step, and memory, on generated text.
 
   python -m lm_jax.tools.token_cache --megabytes 2048 --resumes 3       # from the repository root
 
