@@ -51,7 +51,8 @@ class ImdbMainCommandTest(chex.TestCase):
     self.assertIn('step 40/40 | loss', first.stderr)
     with open(os.path.join(workdir, 'results.json')) as f:
       results = json.load(f)
-    self.assertEqual(set(results), {'step', 'validation', 'test'})
+    self.assertEqual(set(results), {'step', 'validation', 'test', 'baseline'})
+    self.assertEqual(set(results['baseline']), {'method', 'validation', 'test'})   # the bag of words, same splits
     # The generated reviews name their label ('train pos 7 good film ...'): a classifier that trains finds it in the
     # held-out validation reviews. (Test reviews start with 'test', a word the tokenizer never saw, so the label
     # word sits at another position there: no such promise for them.)
@@ -65,7 +66,7 @@ class ImdbMainCommandTest(chex.TestCase):
 
     evaluated = main_command(workdir, self.data_dir, '--mode=evaluate')
     self.assertEqual(evaluated.returncode, 0, evaluated.stderr[-3000:])
-    self.assertEqual(json.loads(evaluated.stdout), results)
+    self.assertEqual(json.loads(evaluated.stdout), {k: v for k, v in results.items() if k != 'baseline'})
 
   def test_missing_data_fails_fast_with_what_to_do(self):
     result = main_command(os.path.join(self.tmp.name, 'offline'), os.path.join(self.tmp.name, 'empty'))

@@ -14,6 +14,7 @@ The layer is a transformer block with this attention: x + W_o·LinAttn(norm(x)),
 """
 
 import functools
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -122,14 +123,10 @@ class LinearAttention(nn.Module):
                            param_dtype=jnp.float32, name='out')(y_BxTxHxK.astype(cfg.compute_dtype))
 
 
-class Block(nn.Module):
+class Block(mixers.ResidualBlock):
   """x + LinearAttention(norm(x)), then x + MLP(norm(x)), each branch with dropout."""
-  config: mixers.MixerConfig
-
-  @nn.compact
-  def __call__(self, x_BxTxD, context: mixers.Context):
-    attend = LinearAttention(self.config, name='attention')
-    return mixers.residual_block(self.config, context, x_BxTxD, lambda h: attend(h, context), 'attention')
+  mixer: Any = LinearAttention
+  mixer_name: str = 'attention'
 
 
 # ---------------------------------------------------------------------------------------------------- model facts

@@ -19,7 +19,7 @@ With `decode`, each block keeps its state in the 'cache' collection and runs its
 
 import dataclasses
 import functools
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -159,6 +159,18 @@ def residual_block(cfg: 'MixerConfig', context: 'Context', x_BxTxD, mixer, name:
   dropout = functools.partial(layers.Dropout(cfg.dropout), train=context.train)
   x_BxTxD = x_BxTxD + dropout(mixer(cfg.layer_norm(name=f'{name}_norm')(x_BxTxD)))
   return x_BxTxD + dropout(blocks.mlp(cfg, cfg.layer_norm(name='mlp_norm')(x_BxTxD)))
+
+
+class ResidualBlock(nn.Module):
+  """`residual_block` around `mixer(config, name=mixer_name)(h, context)`: a layer of linear attention or Hawk."""
+  config: 'MixerConfig'
+  mixer: Any            # the mixer's Module class
+  mixer_name: str
+
+  @nn.compact
+  def __call__(self, x_BxTxD, context: 'Context'):
+    mix = self.mixer(self.config, name=self.mixer_name)
+    return residual_block(self.config, context, x_BxTxD, lambda h: mix(h, context), self.mixer_name)
 
 
 class MixerModel(nn.Module):

@@ -20,6 +20,7 @@ uses 4/3 of it).
 """
 
 import functools
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -118,14 +119,10 @@ class RecurrentMixer(nn.Module):
     return dense(cfg.d_model, name='out_proj')((h_BxTxE * gate_BxTxE).astype(cfg.compute_dtype))
 
 
-class RecurrentBlock(nn.Module):
+class RecurrentBlock(mixers.ResidualBlock):
   """x + RecurrentMixer(norm(x)), then x + MLP(norm(x)): Hawk's residual block."""
-  config: mixers.MixerConfig
-
-  @nn.compact
-  def __call__(self, x_BxTxD, context: mixers.Context):
-    mix = RecurrentMixer(self.config, name='mixer')
-    return mixers.residual_block(self.config, context, x_BxTxD, lambda h: mix(h, context), 'mixer')
+  mixer: Any = RecurrentMixer
+  mixer_name: str = 'mixer'
 
 
 class AttentionBlock(nn.Module):

@@ -37,9 +37,12 @@ class RunResult:
     return self.results is not None and self.error is None
 
   def final_metrics(self) -> dict[str, float]:
-    """{'validation/accuracy': ..., 'test/loss': ...} from results.json."""
-    return {f'{split}/{name}': value for split, metrics in self.results.items() if split != 'step'
-            for name, value in metrics.items()}
+    """{'validation/accuracy': ..., 'test/loss': ..., 'baseline/test/accuracy': ...}: the numbers of results.json
+    (a classifier's per-class figures and confusion matrix stay there)."""
+    splits = {split: metrics for split, metrics in self.results.items() if split not in ('step', 'baseline')}
+    splits.update({f'baseline/{split}': metrics for split, metrics in self.results.get('baseline', {}).items()})
+    return {f'{split}/{name}': value for split, metrics in splits.items() if isinstance(metrics, dict)
+            for name, value in metrics.items() if isinstance(value, (int, float))}
 
   def curve(self, split: str, metric: str) -> dict[int, float]:
     """step → metric of `split` in metrics.jsonl (a step logged twice, before and after a resume: the later)."""
