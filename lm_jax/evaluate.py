@@ -55,7 +55,6 @@ def evaluate_run(workdir: str, path: str | None = None, step: int | None = None)
   config = configs.from_saved(run.config.to_dict())
   dataset = lambda c: data_lib.get_dataset(c.data, task=c.model.task, seed=c.seed,
                                            tokenizer_dir=os.path.join(workdir, 'tokenizer'))
-  own = None if path else dataset(config)
   if path:
     file_config = configs.from_saved(config.to_dict())
     read_file_as_test(file_config, path)
@@ -63,7 +62,7 @@ def evaluate_run(workdir: str, path: str | None = None, step: int | None = None)
       file_config.data.label_names = run.label_names   # the file's class names map to the run's class ids
     data = dataset(file_config)
   else:
-    data = own
+    data = dataset(config)
   mesh = train.make_mesh()
   token_bytes = jnp.asarray(data.tokenizer.token_bytes()) if config.model.task == 'lm' else None
   eval_step = steps.make_eval_step(run.model, mesh, token_bytes)
@@ -74,7 +73,8 @@ def evaluate_run(workdir: str, path: str | None = None, step: int | None = None)
     print(metrics.format_eval_line(split, run.step, results[split]), flush=True)
   if config.model.task == 'classification':
     try:
-      results['baseline'] = baseline.for_run(own or dataset(config), splits, num_classes=config.model.num_classes,
+      training = dataset(config) if path else data   # the baseline trains on the run's own train split
+      results['baseline'] = baseline.for_run(training, splits, num_classes=config.model.num_classes,
                                              seed=config.seed, evaluate_on=data)
     except (OSError, ValueError) as e:   # the run's training data cannot be read here (TFDS offline, moved files)
       results['baseline'] = {'skipped': f"the run's training data could not be read: {e}"}
