@@ -17,6 +17,7 @@ from typing import Any
 
 from etils import epath
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 BEST_MODES = ('max', 'min')
@@ -237,6 +238,19 @@ def load_params(path: str, target_params: Any, *, reinit: str = '') -> Any:
     if 'params' not in saved_tree:
       raise ValueError(f'init_from: {step_dir}/state has no params subtree; its top-level keys: {sorted(saved_tree)}.')
     saved = _flatten(saved_tree['params'])
+    if _scanned(saved) != _scanned(target):   # saved with the other model.scan_layers: convert the layout
+      item = {'params': jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), saved_tree['params'])}
+      restored = handler.restore(step_dir / 'state', args=ocp.args.PyTreeRestore(
+          item=item, restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item),
+          partial_restore=True))
+      saved = convert_layer_layout(_flatten(restored['params']), scanned=_scanned(target),
+                                   group=_group_size(target))
+      log.info('init_from %s: converted the layers to model.scan_layers=%s.', step_dir, _scanned(target))
+      if problems := _mismatches(saved, target, fresh):
+        raise ValueError(f'init_from {step_dir}: {len(problems)} parameter(s) cannot be loaded:\n  '
+                         + '\n  '.join(problems))
+      return jax.tree_util.tree_map_with_path(
+          lambda kp, leaf: leaf if _path_str(kp) in fresh else saved[_path_str(kp)], target_params)
     if problems := _mismatches(saved, target, fresh):
       raise ValueError(f'init_from {step_dir}: {len(problems)} parameter(s) cannot be loaded; list them (a regex over '
                        "'/'-joined paths) in init_from_reinit to keep them freshly initialized:\n  "
@@ -252,3 +266,46 @@ def load_params(path: str, target_params: Any, *, reinit: str = '') -> Any:
         item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True))
   loaded = _flatten(restored['params'])
   return jax.tree_util.tree_map_with_path(lambda kp, leaf: loaded.get(_path_str(kp), leaf), target_params)
+
+
+# ---------------------------------------------------------------------------------------------------- layer layouts
+# model.scan_layers=False names the layers .../layers_0/..., .../layers_1/...; True stacks them as .../layers/...
+# on a leading axis (a repeating pattern of U blocks, Griffin's, as .../layers/blocks_i/..., layer n = g·U + i).
+_UNSTACKED = re.compile(r'^(.*?)layers_(\d+)/(.*)$')
+_STACKED = re.compile(r'^(.*?)layers/(?:blocks_(\d+)/)?(.*)$')
+
+
+def _scanned(flat: dict[str, Any]) -> bool:
+  return any(_STACKED.match(p) for p in flat)
+
+
+def _group_size(flat: dict[str, Any]) -> int:
+  """Blocks per scanned layer: 1, or the number of blocks_i under layers/."""
+  return 1 + max((int(m.group(2)) for p in flat if (m := _STACKED.match(p)) and m.group(2)), default=0)
+
+
+def convert_layer_layout(flat: dict[str, np.ndarray], *, scanned: bool, group: int = 1) -> dict[str, np.ndarray]:
+  """Params ('/'-joined paths → arrays) in the other layout: stacked when `scanned`, one entry per layer if not.
+
+  `group`: blocks per scanned layer (stacking; unstacking reads it from the paths).
+  """
+  out, stacks = {}, {}
+  if scanned:
+    for path, value in flat.items():
+      if not (m := _UNSTACKED.match(path)):
+        out[path] = value
+        continue
+      repeat, block = divmod(int(m.group(2)), group)
+      key = f'{m.group(1)}layers/' + (f'blocks_{block}/' if group > 1 else '') + m.group(3)
+      stacks.setdefault(key, {})[repeat] = value
+    out.update({key: np.stack([parts[i] for i in range(len(parts))]) for key, parts in stacks.items()})
+    return out
+  group = _group_size(flat)
+  for path, value in flat.items():
+    if not (m := _STACKED.match(path)):
+      out[path] = value
+      continue
+    block = int(m.group(2) or 0)
+    for repeat, layer_value in enumerate(value):
+      out[f'{m.group(1)}layers_{repeat * group + block}/{m.group(3)}'] = layer_value
+  return out

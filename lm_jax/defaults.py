@@ -78,6 +78,14 @@ def get_config() -> ml_collections.ConfigDict:
   m.type_vocab_size = 0               # token-type (segment A/B) embeddings, type 0 unless given; 0 = none (BERT: 2)
   m.max_position_embeddings = 0       # learned position table size, >= data.max_len; 0 = data.max_len (BERT: 512)
   m.pooler = False                    # BERT's pooler (dense + tanh over [CLS]) before the classifier head
+  m.remat = 'none'                    # recompute in the backward pass, per layer: none | full (keep only each layer's
+                                      # input) | dots (keep matmul outputs, recompute the rest); same math, less memory
+  m.scan_layers = False               # layers as one nn.scan (compile time flat in depth; params stacked on axis 0)
+
+  c.mesh = ml_collections.ConfigDict()   # device mesh axes (lm_jax/sharding.py); their product = all devices
+  c.mesh.data = -1                    # data-parallel replicas; -1 = the devices the other axes leave
+  c.mesh.fsdp = 1                     # params and optimizer state split over these devices (ZeRO-3 / FSDP)
+  c.mesh.tensor = 1                   # attention heads, MLP units and vocabulary split over these (Megatron)
 
   c.optim = o = ml_collections.ConfigDict()
   o.learning_rate = 3e-4              # peak, after warmup
@@ -94,7 +102,7 @@ def get_config() -> ml_collections.ConfigDict:
   o.grad_accum_steps = 1              # micro-batches accumulated per update
 
   c.train = t = ml_collections.ConfigDict()
-  t.batch_size = 16                   # global, split over all devices (must divide by the device count)
+  t.batch_size = 16                   # global, split over mesh.data × mesh.fsdp (must divide by it)
   t.eval_batch_size = 64
   t.num_epochs = 3                    # used when num_steps <= 0
   t.num_steps = -1                    # total optimizer steps; > 0 overrides num_epochs

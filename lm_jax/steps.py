@@ -1,10 +1,15 @@
 """The pure step functions: `(state, batch) -> (state, metrics)` for training and `(params, batch) -> sums` for
 evaluation, and the losses and metrics they compute.
 
-Data parallelism has pmap's semantics, written as `jax.shard_map` under `jax.jit` (what pmap itself is built on in
-current JAX): one replica per device, each gets its slice of the global batch, gradients are averaged with
-`lax.pmean`. `check_vma=False` keeps pmap's explicit-collective semantics (with it on, JAX would insert the
-gradient all-reduce itself).
+Two ways to run one step over a mesh (lm_jax/sharding.py), the same math:
+- a data-only mesh (every device holds whole parameters): pmap's semantics, written as `jax.shard_map` under
+  `jax.jit` (what pmap itself is built on in current JAX): one replica per device, each gets its slice of the global
+  batch, gradients are averaged with `lax.pmean`. `check_vma=False` keeps pmap's explicit-collective semantics (with
+  it on, JAX would insert the gradient all-reduce itself).
+- a mesh with `fsdp` or `tensor` axes: `jax.jit` with the shardings of the state and the batch, one global program
+  that XLA partitions (GSPMD): it gathers each sharded parameter where it is used and reduce-scatters its gradient.
+  Dropout draws one mask for the global batch (the replicas above draw one per replica), so the two agree exactly
+  only without dropout.
 """
 
 import math
@@ -15,11 +20,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from lm_jax import losses
 from lm_jax import models
 from lm_jax import report
+from lm_jax import sharding
 
 # Tokens per block of the fused vocabulary head + loss (lm, mlm): the float32 logits of one block are
 # HEAD_CHUNK_TOKENS × vocab (64 MiB at 512 × 32k) instead of the whole batch's.
@@ -96,9 +103,9 @@ def group_norms(tree, depth: int = 2) -> dict[str, jax.Array]:
 # ---------------------------------------------------------------------------------------------------- steps
 
 def collectives(mesh):
-  """(pmean, psum) over 'data'; the identity on one device, where XLA:CPU would still copy every gradient for a
-  one-device all-reduce."""
-  if mesh.shape['data'] == 1:
+  """(pmean, psum) over 'data' for the replicated step; the identity on one replica (where XLA:CPU would still copy
+  every gradient for a one-device all-reduce) and in the sharded step (where XLA inserts the collectives)."""
+  if mesh.shape['data'] == 1 or not sharding.data_parallel_only(mesh):
     return (lambda x, _: x), (lambda x, _: x)
   return jax.lax.pmean, jax.lax.psum
 
@@ -141,9 +148,12 @@ def over_micro_batches(micro_step, batch, rng, num_micro_batches: int):
   return summed, jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), per_example)
 
 
-def make_train_step(model, optimizer, mesh, grad_accum_steps, *, skip_nonfinite=False, rows=None):
-  """A jitted `(state, batch, with_norms) -> (state, metrics)`; batch sharded over 'data', state replicated.
+def make_train_step(model, optimizer, mesh, grad_accum_steps, *, skip_nonfinite=False, rows=None,
+                    state_shardings=None):
+  """A jitted `(state, batch, with_norms) -> (state, metrics)`, the batch sharded over the mesh's data axes.
 
+  On a data-only mesh the state is replicated and each device runs a replica (see the module docstring); otherwise
+  the state is placed by `state_shardings` (`sharding.state_shardings`) and XLA partitions one global step.
   metrics: loss and accuracy, and `grad_norms` when `with_norms` (a bool, traced: one compilation for both) or when
   the loss is not finite (to name the groups that went bad), else NaN. They read only the gradients: a norm of the
   params entering the step would keep a copy of each donated param alive through the update; the loop takes
@@ -151,12 +161,17 @@ def make_train_step(model, optimizer, mesh, grad_accum_steps, *, skip_nonfinite=
   With `skip_nonfinite`, a step whose loss or gradients are not finite leaves params and optimizer state unchanged
   and reports `skipped` 1.
   `rows`: a `row_gradients.RowGradients` (`row_gradients.for_training`) for the token table whose gradient comes as
-  the rows the batch looked up, updated in place by AdamW; None for the dense gradient of every parameter.
+  the rows the batch looked up, updated in place by AdamW (data-only meshes); None for the dense gradient.
   """
+  replicated = sharding.data_parallel_only(mesh)
+  if rows is not None and not replicated:
+    raise ValueError('The row-gradient update runs on a data-only mesh (mesh.fsdp = mesh.tensor = 1); pass rows=None.')
   pmean, psum = collectives(mesh)
 
-  def replica_step(state, batch, with_norms):
-    rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), jax.lax.axis_index('data'))
+  def one_step(state, batch, with_norms):
+    rng = jax.random.fold_in(state.rng, state.step)
+    if replicated:
+      rng = jax.random.fold_in(rng, jax.lax.axis_index('data'))
     # Each replica sums its losses and divides by the mean weight per replica: pmean over replicas (and the sum over
     # micro-batches) then gives the gradient of the mean loss over the whole global batch.
     denominator = pmean(jnp.sum(batch['weights']), 'data')
@@ -170,6 +185,8 @@ def make_train_step(model, optimizer, mesh, grad_accum_steps, *, skip_nonfinite=
       micro_step = lambda micro_batch, rng: (jax.grad(loss_fn, has_aux=True)(state.params, micro_batch, rng), None)
       (grads, sums), _ = over_micro_batches(micro_step, batch, rng, grad_accum_steps)
       grads = pmean(grads, 'data')
+      if not replicated:   # each device keeps only its shard of each gradient (a reduce-scatter, not an all-reduce)
+        grads = jax.lax.with_sharding_constraint(grads, state_shardings.params)
       updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     else:  # the speed layer: the table's gradient as rows, the same update (row_gradients.py)
       grads, sums, updates, opt_state = rows.gradients_and_update(loss_fn, state, batch, rng, optimizer, mesh,
@@ -188,9 +205,18 @@ def make_train_step(model, optimizer, mesh, grad_accum_steps, *, skip_nonfinite=
     metrics.update(jax.lax.cond(with_norms | ~jnp.isfinite(metrics['loss']), grad_norms, not_computed, grads))
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
-  step = jax.shard_map(replica_step, mesh=mesh, in_specs=(P(), P('data'), P()), out_specs=(P(), P()),
-                       check_vma=False)
-  return jax.jit(step, donate_argnums=0)
+  if replicated:
+    step = jax.shard_map(one_step, mesh=mesh, in_specs=(P(), P('data'), P()), out_specs=(P(), P()), check_vma=False)
+    return jax.jit(step, donate_argnums=0)
+  if state_shardings is None:
+    raise ValueError('A mesh with fsdp or tensor axes needs the state_shardings (sharding.state_shardings).')
+  everywhere = NamedSharding(mesh, P())
+  return jax.jit(one_step, in_shardings=(state_shardings, batch_sharding(mesh), everywhere),
+                 out_shardings=(state_shardings, everywhere), donate_argnums=0)
+
+
+def batch_sharding(mesh) -> NamedSharding:
+  return NamedSharding(mesh, sharding.batch_spec())
 
 
 def confusion_counts(logits_BxC, labels_B, weights_B):
@@ -200,15 +226,18 @@ def confusion_counts(logits_BxC, labels_B, weights_B):
   return true_BxC.T @ jax.nn.one_hot(jnp.argmax(logits_BxC, -1), classes)
 
 
-def make_eval_step(model, mesh, token_bytes):
-  """A jitted `(params, batch) -> summed metrics` over the global batch; a classifier's add its confusion matrix."""
+def make_eval_step(model, mesh, token_bytes, param_shardings=None):
+  """A jitted `(params, batch) -> summed metrics` over the global batch; a classifier's add its confusion matrix.
+  `param_shardings` places the params on a mesh with fsdp or tensor axes (replicated on a data-only mesh)."""
 
-  def replica_step(params, batch):
+  def one_step(params, batch):
     outputs = apply_for_loss(model, params, batch, train=False)
     sums = loss_sums(outputs, batch, token_bytes)
     if not isinstance(outputs, models.HeadInputs) and outputs.ndim == 2:
       sums['confusion'] = confusion_counts(outputs, batch['label'], batch['weights'])
     return collectives(mesh)[1](sums, 'data')
 
-  return jax.jit(jax.shard_map(replica_step, mesh=mesh, in_specs=(P(), P('data')), out_specs=P(),
-                               check_vma=False))
+  if sharding.data_parallel_only(mesh):
+    return jax.jit(jax.shard_map(one_step, mesh=mesh, in_specs=(P(), P('data')), out_specs=P(), check_vma=False))
+  return jax.jit(one_step, in_shardings=(param_shardings, batch_sharding(mesh)),
+                 out_shardings=NamedSharding(mesh, P()))

@@ -23,8 +23,6 @@ import ml_collections
 import numpy as np
 import optax
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from lm_jax import baseline
 from lm_jax import checkpoint
@@ -35,6 +33,7 @@ from lm_jax import optim
 from lm_jax import process
 from lm_jax import report
 from lm_jax import row_gradients
+from lm_jax import sharding
 from lm_jax import steps
 from lm_jax import workdir as workdir_lib
 
@@ -57,20 +56,21 @@ class Preempted(Exception):
 
 # ---------------------------------------------------------------------------------------------------- setup
 
-def make_mesh(devices=None):
-  devices = jax.devices() if devices is None else devices
-  return jax.sharding.Mesh(np.asarray(devices), ('data',), axis_types=(jax.sharding.AxisType.Auto,))
+def make_mesh(devices=None, mesh_config=None):
+  """The run's ('data', 'fsdp', 'tensor') mesh (lm_jax/sharding.py); without mesh_config, all devices on data."""
+  return sharding.make_mesh(mesh_config, devices)
 
 
-def check_batch_sizes(config, num_devices):
+def check_batch_sizes(config, mesh):
+  shards = sharding.data_shards(mesh)
   for key in ('batch_size', 'eval_batch_size'):
     size = config.train[key]
-    if size % num_devices:
-      raise ValueError(f'config.train.{key}={size} must divide by the device count ({num_devices}).')
-  per_device = config.train.batch_size // num_devices
-  if per_device % config.optim.grad_accum_steps:
-    raise ValueError(f'config.optim.grad_accum_steps={config.optim.grad_accum_steps} must divide the per-device '
-                     f'batch ({per_device}).')
+    if size % shards:
+      raise ValueError(f'config.train.{key}={size} must divide by the batch shards (mesh data × fsdp = {shards}).')
+  per_shard = config.train.batch_size // shards
+  if per_shard % config.optim.grad_accum_steps:
+    raise ValueError(f'config.optim.grad_accum_steps={config.optim.grad_accum_steps} must divide the batch of each '
+                     f'shard ({per_shard}).')
 
 
 def prepare_data(config, workdir) -> data_lib.Data:
@@ -99,15 +99,26 @@ def total_steps_of(config, data) -> int:
   return config.train.num_epochs * data.steps_per_epoch(config.train.batch_size)
 
 
-def init_train_state(config, model, optimizer, mesh) -> steps.TrainState:
-  """Fresh (or `init_from`-loaded) params and optimizer state, replicated over the mesh."""
+def init_train_state(config, model, optimizer, mesh) -> tuple[steps.TrainState, Any]:
+  """Fresh (or `init_from`-loaded) params and optimizer state placed on the mesh, and their shardings.
+
+  A fresh state is made by one jitted program whose outputs land sharded: no device ever holds the whole of a
+  sharded model. (`init_from` loads the params whole, then places them.)
+  """
   init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   dummy_inputs = jnp.ones((1, config.data.max_len), jnp.int32)
-  params = jax.jit(model.init)(init_rng, dummy_inputs)['params']
-  if config.init_from:
-    params = checkpoint.load_params(config.init_from, params, reinit=config.init_from_reinit)
-  state = steps.TrainState(step=jnp.array(0, jnp.int32), params=params, opt_state=optimizer.init(params), rng=train_rng)
-  return jax.device_put(state, NamedSharding(mesh, P()))
+
+  def fresh_state(params=None):
+    params = model.init(init_rng, dummy_inputs)['params'] if params is None else params
+    return steps.TrainState(step=jnp.array(0, jnp.int32), params=params, opt_state=optimizer.init(params),
+                            rng=train_rng)
+
+  shardings = sharding.state_shardings(jax.eval_shape(fresh_state), mesh)
+  if not config.init_from:
+    return jax.jit(fresh_state, out_shardings=shardings)(), shardings
+  params = jax.jit(model.init)(init_rng, dummy_inputs)['params']   # the values of the params init_from_reinit renews
+  params = checkpoint.load_params(config.init_from, params, reinit=config.init_from_reinit)
+  return jax.jit(fresh_state, out_shardings=shardings)(params), shardings
 
 
 @dataclasses.dataclass
@@ -120,6 +131,7 @@ class Run:
   model: Any
   optimizer: optax.GradientTransformation
   state: steps.TrainState            # initial; replaced by the restored state on resume
+  state_shardings: Any               # where each leaf of the state lives on the mesh (sharding.state_shardings)
   total_steps: int
   eval_step: Any
   ckpt: checkpoint.Checkpointer
@@ -127,8 +139,8 @@ class Run:
 
 def prepare_run(config, workdir, devices=None) -> Run:
   """Checks the config against the devices and the workdir, then builds everything a run needs but the loop."""
-  mesh = make_mesh(devices)
-  check_batch_sizes(config, mesh.size)
+  mesh = make_mesh(devices, config.mesh)
+  check_batch_sizes(config, mesh)
   workdir_lib.prepare(config, workdir)
   data = prepare_data(config, workdir)
   if config.model.task == 'classification':
@@ -139,8 +151,9 @@ def prepare_run(config, workdir, devices=None) -> Run:
   optimizer = optim.make_optimizer(config.optim, total_steps)
   token_bytes = jnp.asarray(data.tokenizer.token_bytes()) if config.model.task == 'lm' else None
   ckpt = checkpoint.open_checkpointer(config, workdir)
-  return Run(config, workdir, mesh, data, model, optimizer, init_train_state(config, model, optimizer, mesh),
-             total_steps, steps.make_eval_step(model, mesh, token_bytes), ckpt)
+  state, state_shardings = init_train_state(config, model, optimizer, mesh)
+  return Run(config, workdir, mesh, data, model, optimizer, state, state_shardings, total_steps,
+             steps.make_eval_step(model, mesh, token_bytes, state_shardings.params), ckpt)
 
 
 def check_num_classes(config, data) -> None:
@@ -157,9 +170,9 @@ def check_num_classes(config, data) -> None:
 
 
 def to_global(batch, mesh):
-  """Process-local numpy batch → global jax arrays sharded over 'data'."""
-  sharding = NamedSharding(mesh, P('data'))
-  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+  """Process-local numpy batch → global jax arrays, the batch axis split over the mesh's 'data' and 'fsdp'."""
+  batch_sharding = steps.batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in batch.items()}
 
 
 def evaluate(run: Run, params, split: str) -> dict:
@@ -308,11 +321,15 @@ def train_loop(run: Run, train_iter, writer, log_window: list[dict], signals: St
   Returns the final state and the validation metrics of the last step (None when no step was run).
   """
   config, total = run.config, run.total_steps
-  rows, path = row_gradients.for_training(run.model, run.state.params, config.optim, total,
-                                          config.train.batch_size * config.data.max_len)
-  log.info('Gradient path: %s.', path)
+  if sharding.data_parallel_only(run.mesh):
+    rows, path = row_gradients.for_training(run.model, run.state.params, config.optim, total,
+                                            config.train.batch_size * config.data.max_len)
+  else:
+    rows, path = None, 'dense (sharded parameters: the row-gradient update is for data-only meshes)'
+  log.info('Mesh %s; gradient path: %s.', dict(run.mesh.shape), path)
   train_step = steps.make_train_step(run.model, run.optimizer, run.mesh, config.optim.grad_accum_steps,
-                                     skip_nonfinite=config.train.skip_nonfinite_steps, rows=rows)
+                                     skip_nonfinite=config.train.skip_nonfinite_steps, rows=rows,
+                                     state_shardings=run.state_shardings)
   tokens_per_step = config.train.batch_size * config.data.max_len
   peak = metrics_lib.peak_flops_per_device(jax.devices()[0], config.model.dtype)
   flops_per_token = models.train_flops_per_token(config.model, vocab_size=run.data.tokenizer.vocab_size,

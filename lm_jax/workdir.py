@@ -18,6 +18,8 @@ from lm_jax import defaults
 FROZEN_SECTIONS = ('model', 'data')
 # Keys whose value 0 means "follow the data" (model.num_classes): the saved config holds the resolved value.
 _FOLLOWS_DATA = (('model', 'num_classes'),)
+# Keys of the frozen sections that change how a step runs, not what it computes: a resume may change them.
+_HOW_NOT_WHAT = (('model', 'remat'),)
 LABELS_FILE = 'labels.json'
 
 
@@ -38,10 +40,13 @@ def prepare(config, workdir: str) -> None:
     was = lambda section, key: saved.get(section, {}).get(key, default[section].get(key))
     changed = [f'{section}.{key}: {was(section, key)!r} -> {value!r}'
                for section in FROZEN_SECTIONS for key, value in current[section].items()
-               if was(section, key) != value and not ((section, key) in _FOLLOWS_DATA and value == 0)]
+               if was(section, key) != value and not ((section, key) in _FOLLOWS_DATA and value == 0)
+               and (section, key) not in _HOW_NOT_WHAT]
     if changed:
+      layout = (' (init_from converts the layers between the model.scan_layers layouts)'
+                if any(c.startswith('model.scan_layers') for c in changed) else '')
       raise ValueError(f'{workdir} holds a run of another model or data ({"; ".join(changed)}). Use a new --workdir, '
-                       'or set config.init_from to start from its weights.')
+                       f'or set config.init_from to start from its weights{layout}.')
 
 
 def save_config(config, workdir: str) -> None:

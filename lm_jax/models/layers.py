@@ -15,6 +15,11 @@ import jax.numpy as jnp
 from lm_jax.models.random_bits import random_bits
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+# model.remat → what a layer keeps for the backward pass (`jax.checkpoint` policies); the rest is recomputed.
+REMAT_POLICIES = {
+    'full': jax.checkpoint_policies.nothing_saveable,   # only the layer's input: the least memory, a second forward
+    'dots': jax.checkpoint_policies.dots_saveable,      # matmul outputs: elementwise work is recomputed
+}
 POOLINGS = ('cls', 'mean')
 PAD_ID = 0
 # Tasks whose head scores the vocabulary: logits `[B, T, V]`, or `HeadInputs` for the fused loss.
@@ -38,15 +43,40 @@ class ModelConfig:
   tie_embeddings: bool = True
   num_classes: int = 2
   dtype: str = 'float32'
+  remat: str = 'none'
+  scan_layers: bool = False
 
   def __post_init__(self):
     check_choice('model.pooling', self.pooling, POOLINGS)
+    check_choice('model.remat', self.remat, ('none', *REMAT_POLICIES))
     check_choice('model.dtype', self.dtype, tuple(DTYPES))
     check_dropout(self.dropout)
 
   @property
   def compute_dtype(self):
     return DTYPES[self.dtype]
+
+
+def remat(layer_class, policy: str, static_argnums: tuple[int, ...] = ()):
+  """`layer_class` whose activations are recomputed in the backward pass as model.remat says ('none': as is).
+
+  The same parameters and outputs: only what is kept for the gradient changes. `static_argnums` are the call's
+  Python-valued arguments (self is 0), e.g. `train`.
+  """
+  if policy == 'none':
+    return layer_class
+  return nn.remat(layer_class, policy=REMAT_POLICIES[policy], static_argnums=static_argnums)
+
+
+def scan_blocks(block, x, *broadcast, length: int, call=None):
+  """`x` through `length` layers of `block` (a module built with name='layers') as one `nn.scan`: one layer is
+  traced and compiled whatever the depth; its params (and decode cache) carry a leading layer axis. `broadcast`
+  reach every layer unchanged; `call(block, x, *broadcast)` calls the block (default `block(x, *broadcast)`)."""
+  call = call or (lambda module, h, *args: module(h, *args))
+  body = lambda module, h, *args: (call(module, h, *args), None)
+  scanned = nn.scan(body, variable_axes={'params': 0, 'cache': 0}, split_rngs={'params': True, 'dropout': True},
+                    in_axes=nn.broadcast, length=length)
+  return scanned(block, x, *broadcast)[0]
 
 
 def config_from(config_class, model_config, **given):

@@ -19,8 +19,9 @@ With `decode`, each block keeps its state in the 'cache' collection and runs its
 
 import dataclasses
 import functools
-from typing import Any, NamedTuple
+from typing import Any
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -92,13 +93,15 @@ class MixerConfig(blocks.AttentionConfig):
       raise ValueError(f'model.state_dim={self.state_dim} and model.conv_width={self.conv_width} must be >= 1.')
 
 
-class Context(NamedTuple):
+@flax.struct.dataclass
+class Context:
   """What a block reads beside its input: which tokens are real, where documents start, and (for attention) the
-  mask, the positions and the first cache slot."""
+  mask, the positions and the first cache slot. `decode` and `train` are static (not traced): with model.remat the
+  blocks run under `jax.checkpoint`, which traces every array it is given."""
   real_BxT: jax.Array
   starts_BxT: jax.Array
-  decode: bool
-  train: bool
+  decode: bool = flax.struct.field(pytree_node=False)
+  train: bool = flax.struct.field(pytree_node=False)
   mask: jax.Array | None = None
   positions_BxT: jax.Array | None = None
   key_positions_BxS: jax.Array | None = None
@@ -119,7 +122,12 @@ class Trunk(nn.Module):
     cfg = self.config
     self.token_embed = nn.Embed(cfg.vocab_size, cfg.d_model, embedding_init=nn.initializers.normal(stddev=0.02),
                                 dtype=cfg.compute_dtype, param_dtype=jnp.float32)
-    self.layers = [block(cfg) for block in self.block_types]
+    if cfg.scan_layers:
+      self.pattern = repeating_unit(self.block_types)
+      unit = self.pattern[0] if len(self.pattern) == 1 else functools.partial(Group, block_types=self.pattern)
+      self.layers = layers.remat(unit, cfg.remat)(cfg)
+    else:
+      self.layers = [layers.remat(block, cfg.remat)(cfg) for block in self.block_types]
     self.norm = cfg.layer_norm()
     self.dropout = layers.Dropout(cfg.dropout)
 
@@ -129,11 +137,14 @@ class Trunk(nn.Module):
     real_BxT = inputs_BxT != layers.PAD_ID
     context = Context(real_BxT, document_starts(inputs_BxT, segment_ids, positions), decode, train)
     if any(getattr(block, 'attends', False) for block in self.block_types):
-      context = context._replace(**self._attention_inputs(inputs_BxT, segment_ids, positions, decode))
+      context = context.replace(**self._attention_inputs(inputs_BxT, segment_ids, positions, decode))
     x_BxTxD = layers.perturbable(self, self.token_embed(inputs_BxT))
     x_BxTxD = self.dropout(x_BxTxD, train=train)
-    for layer in self.layers:
-      x_BxTxD = layer(x_BxTxD, context)
+    if cfg.scan_layers:
+      x_BxTxD = layers.scan_blocks(self.layers, x_BxTxD, context, length=len(self.block_types) // len(self.pattern))
+    else:
+      for layer in self.layers:
+        x_BxTxD = layer(x_BxTxD, context)
     return self.norm(x_BxTxD)
 
   def _attention_inputs(self, inputs_BxT, segment_ids, positions, decode: bool) -> dict:
@@ -145,6 +156,26 @@ class Trunk(nn.Module):
     q_pos_BxT = jnp.arange(inputs_BxT.shape[1], dtype=jnp.int32)[None] if positions is None else positions
     mask = blocks.train_mask(inputs_BxT, causal=True, segment_ids=segment_ids, window=window)
     return dict(mask=mask, positions_BxT=q_pos_BxT, key_positions_BxS=q_pos_BxT)
+
+
+def repeating_unit(block_types: tuple) -> tuple:
+  """The shortest run of block types that repeats to make all of them: (A,) for A A A, (R, R, A) for Griffin's."""
+  for size in range(1, len(block_types) + 1):
+    if len(block_types) % size == 0 and block_types == block_types[:size] * (len(block_types) // size):
+      return block_types[:size]
+  raise AssertionError('unreachable: the whole tuple repeats once')
+
+
+class Group(nn.Module):
+  """One repeat of a block pattern (Griffin: two recurrent blocks, then attention), scanned as one layer."""
+  config: MixerConfig
+  block_types: tuple
+
+  @nn.compact
+  def __call__(self, x_BxTxD, context: Context):
+    for i, block in enumerate(self.block_types):
+      x_BxTxD = block(self.config, name=f'blocks_{i}')(x_BxTxD, context)
+    return x_BxTxD
 
 
 def last_real(h_BxTxD, inputs_BxT) -> jax.Array:

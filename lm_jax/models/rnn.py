@@ -110,6 +110,9 @@ class RNNConfig(layers.ModelConfig):
   def __post_init__(self):
     super().__post_init__()
     layers.check_choice('model.name', self.name, tuple(CELLS))
+    if self.scan_layers:
+      raise ValueError('model.scan_layers=True is for the transformer and the mixers (linear_attention, mamba, '
+                       f'rg_lru, griffin); model.name={self.name!r} runs its layers one by one (set it False).')
 
 
 def recurrence(name: str, dtype, reverse: bool, weights: Weights, carry, x_TxBxI, real_TxB, starts_TxB):
@@ -171,8 +174,9 @@ class RNN(nn.Module):
   def setup(self):
     cfg = self.config
     self.token_embed = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=cfg.compute_dtype, param_dtype=jnp.float32)
-    direction = lambda reverse: Recurrence(cfg.name, cfg.d_model, reverse=reverse, dtype=cfg.compute_dtype,
-                                           fast=cfg.fast_rnn)
+    recurrence_class = layers.remat(Recurrence, cfg.remat, static_argnums=(4,))   # `decode` is static
+    direction = lambda reverse: recurrence_class(cfg.name, cfg.d_model, reverse=reverse, dtype=cfg.compute_dtype,
+                                                 fast=cfg.fast_rnn)
     self.forward = [direction(False) for _ in range(cfg.num_layers)]
     self.backward = [direction(True) for _ in range(cfg.num_layers if self.bidirectional else 0)]
     self.dropout = layers.Dropout(cfg.dropout)

@@ -65,7 +65,7 @@ class Block(nn.Module):
   config: TransformerConfig
 
   @nn.compact
-  def __call__(self, x_BxTxD, *, bias, mask, query_positions, key_positions, decode_index, train: bool):
+  def __call__(self, x_BxTxD, train: bool, *, bias, mask, query_positions, key_positions, decode_index):
     cfg = self.config
     norm = cfg.layer_norm
     dropout = functools.partial(layers.Dropout(cfg.dropout), train=train)
@@ -103,7 +103,9 @@ class Transformer(nn.Module):
     if cfg.attention_bias == 'relative':
       self.relative_bias = self.param('relative_bias', _embed_init, (RELATIVE_BUCKETS, cfg.num_heads),
                                       jnp.float32)
-    self.layers = [Block(cfg) for _ in range(cfg.num_layers)]
+    if not cfg.scan_layers:   # else one scanned block, built in __call__
+      block = layers.remat(Block, cfg.remat, static_argnums=(2,))   # `train` is static
+      self.layers = [block(cfg) for _ in range(cfg.num_layers)]
     # Pre-LN normalizes the last block's output; post-LN (BERT) normalizes the embeddings instead.
     self.norm = cfg.layer_norm()
     self.dropout = layers.Dropout(cfg.dropout)
@@ -140,9 +142,15 @@ class Transformer(nn.Module):
     x_BxTxD = self.dropout(x_BxTxD, train=train)
 
     bias = self._attention_bias(q_pos_BxT, k_pos_BxS)
-    for layer in self.layers:
-      x_BxTxD = layer(x_BxTxD, bias=bias, mask=mask, query_positions=q_pos_BxT, key_positions=k_pos_BxS,
-                      decode_index=decode_index, train=train)
+    call = lambda layer, x, *arrays: layer(x, train, **dict(zip(('bias', 'mask', 'query_positions', 'key_positions',
+                                                                 'decode_index'), arrays)))
+    arrays = (bias, mask, q_pos_BxT, k_pos_BxS, decode_index)
+    if cfg.scan_layers:
+      block = layers.remat(Block, cfg.remat, static_argnums=(2,))(cfg, name='layers')
+      x_BxTxD = layers.scan_blocks(block, x_BxTxD, *arrays, length=cfg.num_layers, call=call)
+    else:
+      for layer in self.layers:
+        x_BxTxD = call(layer, x_BxTxD, *arrays)
     return self.norm(x_BxTxD) if cfg.pre_norm else x_BxTxD
 
   def _positions(self, inputs_BxT, positions_BxT):
