@@ -46,12 +46,18 @@ from lm_jax import sharding  # noqa: E402
 from lm_jax import steps  # noqa: E402
 from lm_jax import train  # noqa: E402
 
-config_flags.DEFINE_config_file('config', None, 'Experiment config: experiments/NAME.py[:variant].', lock_config=True)
-flags.DEFINE_integer('devices', None, 'Plan for this many devices, forced on the host CPU (default: the devices here).')
-flags.DEFINE_float('memory_gb', None, 'Device memory (GiB) the job must fit; exit 1 if it does not.')
-flags.DEFINE_integer('vocab_size', None, 'Vocabulary size (default: config.data.vocab_size).')
-flags.DEFINE_bool('json', False, 'Print one JSON line instead of the table.')
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """The command's flags, defined when it runs (importing `plan` defines none: `--config` is lm_jax.main's too)."""
+  config_flags.DEFINE_config_file('config', None, 'Experiment config: experiments/NAME.py[:variant].',
+                                  lock_config=True)
+  flags.DEFINE_integer('devices', None, 'Plan for this many devices, forced on the host CPU (default: the devices '
+                       'here).')
+  flags.DEFINE_float('memory_gb', None, 'Device memory (GiB) the job must fit; exit 1 if it does not.')
+  flags.DEFINE_integer('vocab_size', None, 'Vocabulary size (default: config.data.vocab_size).')
+  flags.DEFINE_bool('json', False, 'Print one JSON line instead of the table.')
 
 GIB = 2 ** 30
 
@@ -139,4 +145,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)
