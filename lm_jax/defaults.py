@@ -38,6 +38,8 @@ def get_config() -> ml_collections.ConfigDict:
                                       # unless validation_paths is given
   d.use_unsupervised = False          # imdb_reviews: add the 50k unlabelled reviews (lm/mlm pretraining only)
   d.mlm_probability = 0.15            # BERT masking: of the chosen positions 80% [MASK], 10% random, 10% kept
+  d.max_predictions_per_seq = -1      # masked positions per row at most; the MLM head runs only on them. -1 = mean
+                                      # + 3 std of the masked count (caps ~0.1% of rows); 0 = no cap, head everywhere
   d.max_documents = -1                # cap on documents read per split (-1 = all); for quick local runs
   d.cache_dir = ''                    # token cache dir; '' = beside the data (TFDS dir/lm_jax_cache, .lm_jax_cache)
   d.mqar = ml_collections.ConfigDict()

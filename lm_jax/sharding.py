@@ -108,6 +108,16 @@ def data_parallel_only(mesh) -> bool:
   return mesh.shape['fsdp'] == 1 and mesh.shape['tensor'] == 1
 
 
+def check_model(model_config, mesh) -> None:
+  """Refuses what a mesh with fsdp or tensor axes cannot run: the RNNs' CPU schedule (model.fast_rnn) splits each
+  step into independent batch slices, and with a sharded batch each slice's collectives may run in another order on
+  each CPU device, which deadlocks XLA:CPU's rendezvous. The plain scan (fast_rnn=False) computes the same."""
+  if (not data_parallel_only(mesh) and model_config.name in ('rnn', 'lstm', 'gru')
+      and model_config.get('fast_rnn', False)):
+    raise ValueError(f'model.fast_rnn=True is the data-parallel step\'s CPU schedule; on mesh {dict(mesh.shape)} set '
+                     'model.fast_rnn=False (the plain scan: the same results).')
+
+
 def batch_spec() -> P:
   return P(BATCH_AXES)
 

@@ -36,6 +36,7 @@ from lm_jax import row_gradients
 from lm_jax import sharding
 from lm_jax import steps
 from lm_jax import workdir as workdir_lib
+from lm_jax.data import packing
 
 # Two CPU "devices" deadlock in the collectives' rendezvous when ~50 jit(shard_map) steps are queued without a
 # sync point. Waiting every few steps costs nothing measurable and keeps the queue short everywhere.
@@ -141,6 +142,7 @@ def prepare_run(config, workdir, devices=None) -> Run:
   """Checks the config against the devices and the workdir, then builds everything a run needs but the loop."""
   mesh = make_mesh(devices, config.mesh)
   check_batch_sizes(config, mesh)
+  sharding.check_model(config.model, mesh)
   workdir_lib.prepare(config, workdir)
   data = prepare_data(config, workdir)
   if config.model.task == 'classification':
@@ -153,7 +155,15 @@ def prepare_run(config, workdir, devices=None) -> Run:
   ckpt = checkpoint.open_checkpointer(config, workdir)
   state, state_shardings = init_train_state(config, model, optimizer, mesh)
   return Run(config, workdir, mesh, data, model, optimizer, state, state_shardings, total_steps,
-             steps.make_eval_step(model, mesh, token_bytes, state_shardings.params), ckpt)
+             steps.make_eval_step(model, mesh, token_bytes, state_shardings.params, mlm_predictions(config)), ckpt)
+
+
+def mlm_predictions(config) -> int:
+  """The masked LM's cap on masked positions per row, which the data applies and the loss gathers; 0 otherwise."""
+  if config.model.task != 'mlm':
+    return 0
+  return packing.max_predictions(config.data.max_len, config.data.mlm_probability,
+                                 config.data.max_predictions_per_seq)
 
 
 def check_num_classes(config, data) -> None:
@@ -329,7 +339,7 @@ def train_loop(run: Run, train_iter, writer, log_window: list[dict], signals: St
   log.info('Mesh %s; gradient path: %s.', dict(run.mesh.shape), path)
   train_step = steps.make_train_step(run.model, run.optimizer, run.mesh, config.optim.grad_accum_steps,
                                      skip_nonfinite=config.train.skip_nonfinite_steps, rows=rows,
-                                     state_shardings=run.state_shardings)
+                                     state_shardings=run.state_shardings, mlm_predictions=mlm_predictions(config))
   tokens_per_step = config.train.batch_size * config.data.max_len
   peak = metrics_lib.peak_flops_per_device(jax.devices()[0], config.model.dtype)
   flops_per_token = models.train_flops_per_token(config.model, vocab_size=run.data.tokenizer.vocab_size,

@@ -6,6 +6,7 @@ import fixtures
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from absl.testing import parameterized
 
 from lm_jax import checkpoint
@@ -41,25 +42,11 @@ class ScanAndRematTest(parameterized.TestCase):
     super().setUp()
     self.x = jnp.asarray(np.random.default_rng(0).integers(1, 40, (4, 16)), jnp.int32)
 
-  @parameterized.parameters('transformer', 'mamba', 'griffin')
-  def test_scanned_layers_compute_the_plain_stack_and_its_gradients(self, name):
-    group = 3 if name == 'griffin' else 1
-    plain, params = init(tiny(name), self.x)
-    scanned, scanned_params = init(tiny(name, scan_layers=True), self.x)
-    chex.assert_trees_all_equal_shapes(stacked(params, group), scanned_params)
-    loss, grads = loss_and_grads(plain, params, self.x)
-    scanned_loss, scanned_grads = loss_and_grads(scanned, stacked(params, group), self.x)
-    np.testing.assert_allclose(scanned_loss, loss, rtol=1e-5)
-    chex.assert_trees_all_close(scanned_grads, stacked(grads, group), rtol=1e-4, atol=1e-6)
+  def test_scanned_layers_compute_the_plain_stack_and_its_gradients(self):
+    check_scanned(self, 'transformer')
 
-  @parameterized.parameters(('transformer', 'full'), ('lstm', 'dots'), ('rg_lru', 'full'), ('mamba', 'dots'))
-  def test_remat_keeps_the_gradients(self, name, remat):
-    plain, params = init(tiny(name), self.x)
-    rematted, _ = init(tiny(name, remat=remat), self.x)
-    loss, grads = loss_and_grads(plain, params, self.x)
-    remat_loss, remat_grads = loss_and_grads(rematted, params, self.x)
-    np.testing.assert_allclose(remat_loss, loss, rtol=1e-6)
-    chex.assert_trees_all_close(remat_grads, grads, rtol=1e-5, atol=1e-7)
+  def test_remat_keeps_the_gradients(self):
+    check_remat(self, 'transformer', 'full')
 
   def test_the_scanned_program_does_not_grow_with_depth(self):
     sizes = {}
@@ -69,17 +56,6 @@ class ScanAndRematTest(parameterized.TestCase):
       grad = jax.jit(jax.grad(lambda p, m=model: m.apply({'params': p}, self.x, train=True).sum()))
       sizes[depth] = len(grad.lower(params).as_text().splitlines())
     self.assertEqual(sizes[4], sizes[32])
-
-  def test_full_remat_of_scanned_layers_keeps_less_for_the_backward_pass(self):
-    temp = {}
-    for remat in ('none', 'full'):
-      config = tiny('transformer', num_layers=12, d_model=64, mlp_dim=256, num_heads=4, remat=remat, scan_layers=True)
-      model = models.get_model(config, vocab_size=64, max_len=128)
-      x = jnp.ones((8, 128), jnp.int32)
-      params = jax.eval_shape(lambda m=model: m.init(jax.random.PRNGKey(0), x))['params']
-      grad = jax.jit(jax.grad(lambda p, m=model: m.apply({'params': p}, x, train=True).sum()))
-      temp[remat] = grad.lower(params).compile().memory_analysis().temp_size_in_bytes
-    self.assertLess(temp['full'], temp['none'] / 2, temp)
 
   def test_init_from_loads_a_checkpoint_of_the_other_layout(self):
     _, params = init(tiny('griffin'), self.x)
@@ -93,3 +69,52 @@ class ScanAndRematTest(parameterized.TestCase):
       ckpt.close()
       loaded = checkpoint.load_params(str(ckpt.directory), jax.tree.map(jnp.zeros_like, target))
       chex.assert_trees_all_equal(loaded, expected)
+
+
+class EveryMixerScanAndRematTest(parameterized.TestCase):
+  pytestmark = pytest.mark.slow
+
+  def setUp(self):
+    super().setUp()
+    self.x = jnp.asarray(np.random.default_rng(0).integers(1, 40, (4, 16)), jnp.int32)
+
+  @parameterized.parameters('mamba', 'griffin', 'linear_attention')
+  def test_scanned_layers_compute_the_plain_stack_and_its_gradients(self, name):
+    check_scanned(self, name)
+
+  @parameterized.parameters(('transformer', 'dots'), ('lstm', 'dots'), ('rg_lru', 'full'), ('mamba', 'dots'))
+  def test_remat_keeps_the_gradients(self, name, remat):
+    check_remat(self, name, remat)
+
+  def test_full_remat_of_scanned_layers_keeps_less_for_the_backward_pass(self):
+    temp = {}
+    for remat in ('none', 'full'):
+      config = tiny('transformer', num_layers=12, d_model=64, mlp_dim=256, num_heads=4, remat=remat, scan_layers=True)
+      model = models.get_model(config, vocab_size=64, max_len=128)
+      x = jnp.ones((8, 128), jnp.int32)
+      params = jax.eval_shape(lambda m=model: m.init(jax.random.PRNGKey(0), x))['params']
+      grad = jax.jit(jax.grad(lambda p, m=model: m.apply({'params': p}, x, train=True).sum()))
+      temp[remat] = grad.lower(params).compile().memory_analysis().temp_size_in_bytes
+    self.assertLess(temp['full'], temp['none'] / 2, temp)
+
+
+def check_scanned(test, name):
+  """The scanned stack of `name` equals the plain one in loss and gradients."""
+  group = 3 if name == 'griffin' else 1
+  plain, params = init(tiny(name), test.x)
+  scanned, scanned_params = init(tiny(name, scan_layers=True), test.x)
+  chex.assert_trees_all_equal_shapes(stacked(params, group), scanned_params)
+  loss, grads = loss_and_grads(plain, params, test.x)
+  scanned_loss, scanned_grads = loss_and_grads(scanned, stacked(params, group), test.x)
+  np.testing.assert_allclose(scanned_loss, loss, rtol=1e-5)
+  chex.assert_trees_all_close(scanned_grads, stacked(grads, group), rtol=1e-4, atol=1e-6)
+
+
+def check_remat(test, name, remat):
+  """`remat` leaves the loss and the gradients of `name` as they are."""
+  plain, params = init(tiny(name), test.x)
+  rematted, _ = init(tiny(name, remat=remat), test.x)
+  loss, grads = loss_and_grads(plain, params, test.x)
+  remat_loss, remat_grads = loss_and_grads(rematted, params, test.x)
+  np.testing.assert_allclose(remat_loss, loss, rtol=1e-6)
+  chex.assert_trees_all_close(remat_grads, grads, rtol=1e-5, atol=1e-7)

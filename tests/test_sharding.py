@@ -65,6 +65,12 @@ class MeshTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, message):
       sharding.axis_sizes(config, 8)
 
+  def test_the_rnn_cpu_schedule_is_refused_on_a_sharded_mesh(self):
+    with self.assertRaisesRegex(ValueError, 'model.fast_rnn=False'):
+      sharding.check_model(tiny('lstm'), mesh(fsdp=2))
+    sharding.check_model(tiny('lstm'), mesh(data=2))
+    sharding.check_model(tiny('lstm', fast_rnn=False), mesh(fsdp=2))
+
   def test_the_default_mesh_is_every_device_on_data(self):
     self.assertEqual(dict(train.make_mesh().shape), {'data': 2, 'fsdp': 1, 'tensor': 1})
     self.assertTrue(sharding.data_parallel_only(train.make_mesh()))
@@ -139,6 +145,8 @@ def check_sharded_steps(test, name):
   overrides = {**fixtures.RECALL, 'model.name': name}
   if name != 'transformer':
     overrides.update({'model.positions': 'none', 'model.smeared_keys': False, 'model.attention_bias': 'none'})
+  if name == 'lstm':
+    overrides['model.fast_rnn'] = False   # sharding.check_model
   config = fixtures.recall(overrides)
   rng = np.random.default_rng(0)
   batches = [{'inputs': rng.integers(1, 32, (8, 32)).astype(np.int32),
@@ -192,3 +200,29 @@ def test_eight_devices_meshes_agree_and_resume_across_shapes(tmp_path):
     assert fraction == pytest.approx(1 / 8), name   # fsdp=8: each device holds 1/8 of each sharded leaf
   assert report['resume']['bit_exact'], report['resume']
   chex.assert_trees_all_close(report['resume']['one_device_loss'], report['resume']['loss'], rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_two_processes_with_parameters_sharded_over_both_train_and_resume(tmp_path):
+  """The multi-host job of tests/test_multihost.py (one CPU device per process) on mesh fsdp=2: each process holds
+  half of every sharded parameter; 20 steps, then a resume to 40, give the losses of a one-process data=2 run."""
+  import test_multihost as multihost   # pylint: disable=import-outside-toplevel
+
+  def launch(workdir, num_steps):
+    port = multihost.free_port()
+    env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=1'}
+    return [subprocess.Popen(multihost.command(workdir, num_steps) + [
+        '--config.mesh.data=1', '--config.mesh.fsdp=2', f'--coordinator_address=127.0.0.1:{port}',
+        '--num_processes=2', f'--process_id={i}', '--heartbeat_timeout=20'], cwd=REPO, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+
+  sharded, straight = str(tmp_path / 'fsdp'), str(tmp_path / 'straight')
+  outputs = multihost.finish(launch(sharded, 20))
+  assert "Mesh {'data': 1, 'fsdp': 2, 'tensor': 1}" in outputs[0][1]
+  multihost.finish(launch(sharded, 40))
+  multihost.single(straight, 40)
+  (lines, results), (ref_lines, ref_results) = multihost.read(sharded), multihost.read(straight)
+  assert [(l['step'], l['split']) for l in lines] == [(l['step'], l['split']) for l in ref_lines]
+  for line, ref in zip(lines, ref_lines):
+    np.testing.assert_allclose(line['loss'], ref['loss'], rtol=1e-5, err_msg=str(line))
+  np.testing.assert_allclose(results['validation']['loss'], ref_results['validation']['loss'], rtol=1e-5)

@@ -16,6 +16,7 @@ or is past the end. T = 4, E = eos, three documents a, b, c:
 For mlm, targets are the inputs themselves and `bert_mask` chooses the weighted (masked) positions.
 """
 
+import math
 from typing import Iterable, Protocol, Sequence
 
 import numpy as np
@@ -108,11 +109,25 @@ def pack(chunks: Iterable[Sequence[Sequence[int]]], eos_id: int, vocab_size: int
   return stream, np.cumsum(np.fromiter(map(len, docs), np.int64, len(docs)) + 1)
 
 
+def max_predictions(max_len: int, probability: float, setting: int) -> int:
+  """Masked positions per row at most (BERT's max_predictions_per_seq): `setting` when > 0, none (0) when 0, and
+  for -1 the mean plus three standard deviations of the Binomial(max_len, probability) count, so that the cap
+  changes about one row in a thousand."""
+  if setting < -1:
+    raise ValueError(f'data.max_predictions_per_seq={setting}: give a count > 0, 0 (no cap) or -1 (automatic).')
+  if setting != -1:
+    return setting
+  mean = max_len * probability
+  return min(max_len, math.ceil(mean + 3 * math.sqrt(mean * (1 - probability))))
+
+
 def bert_mask(batch: dict[str, np.ndarray], rng: np.random.Generator, *, probability: float, mask_id: int,
-              maskable: np.ndarray, random_ids: np.ndarray, global_batch: int, rows: slice
+              maskable: np.ndarray, random_ids: np.ndarray, global_batch: int, rows: slice, max_predictions: int = 0
               ) -> dict[str, np.ndarray]:
   """BERT masking of `batch['inputs']` (targets stay the original ids): each maskable token is chosen with
   `probability`; a chosen token becomes mask_id (80%), a random regular id (10%) or stays (10%); weights = chosen.
+  With `max_predictions` > 0 a row keeps at most that many chosen tokens (those drawn with the smallest numbers: a
+  uniform choice among them), so the loss can gather them (`steps.loss_sums`).
 
   maskable: bool [vocab], True for tokens that may be chosen (text tokens, not specials or padding);
   random_ids: the ids a random replacement draws from. The random numbers are drawn for the whole global batch
@@ -123,6 +138,9 @@ def bert_mask(batch: dict[str, np.ndarray], rng: np.random.Generator, *, probabi
   replacement = random_ids[rng.integers(len(random_ids), size=global_shape)[rows]]
   inputs = batch['inputs']
   chosen = maskable[inputs] & (choose < probability)
+  if 0 < max_predictions < chosen.shape[1]:
+    drawn = np.where(chosen, choose, np.inf)
+    chosen &= drawn <= np.sort(drawn, axis=1)[:, max_predictions - 1:max_predictions]
   masked = np.where(chosen & (kind < 0.8), mask_id, inputs)
   masked = np.where(chosen & (kind >= 0.8) & (kind < 0.9), replacement, masked)
   return {**batch, 'inputs': masked.astype(np.int32), 'weights': chosen.astype(np.float32)}

@@ -56,7 +56,8 @@ class Data:
   """Splits of one dataset for one task, with its tokenizer; see the module docstring."""
 
   def __init__(self, tokenizer, splits: dict[str, Callable[[], packing.Rows]], *, task: str, seed: int,
-               mlm_probability: float = 0.15, stats: dict[str, corpus_lib.TextStats] | None = None,
+               mlm_probability: float = 0.15, max_predictions: int = 0,
+               stats: dict[str, corpus_lib.TextStats] | None = None,
                documents: Callable[[str], tuple[list[str], np.ndarray | None]] | None = None):
     if 'train' not in splits:
       raise ValueError(f'Data needs a train split, got {list(splits)}.')
@@ -76,7 +77,8 @@ class Data:
         raise ValueError(f'data.mlm_probability={mlm_probability} must be in (0, 1).')
       maskable = tokenizer.token_bytes() > 0
       self._mask = functools.partial(packing.bert_mask, probability=mlm_probability, mask_id=tokenizer.mask_id,
-                                     maskable=maskable, random_ids=np.flatnonzero(maskable))
+                                     maskable=maskable, random_ids=np.flatnonzero(maskable),
+                                     max_predictions=max_predictions)
 
   def rows(self, split: str) -> packing.Rows:
     """The rows of `split`, tokenized on first use."""
@@ -191,7 +193,9 @@ def text_data(corpus: corpus_lib.Corpus, data_config, *, task: str, seed: int, t
     return texts, np.asarray(labels, np.int32) if corpus.labelled else None
 
   return Data(tokenizer, {s: functools.partial(make, s) for s in corpus.split_names}, task=task, seed=seed,
-              mlm_probability=data_config.mlm_probability, stats=stats, documents=documents)
+              mlm_probability=data_config.mlm_probability, stats=stats, documents=documents,
+              max_predictions=packing.max_predictions(data_config.max_len, data_config.mlm_probability,
+                                                      data_config.max_predictions_per_seq))
 
 
 def corpus_source(tasks: tuple[str, ...], read_corpus: Callable[..., corpus_lib.Corpus]) -> Source:

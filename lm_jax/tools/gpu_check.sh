@@ -8,7 +8,8 @@
 #    against float64 references at 1e-5, which TF32 would not meet);
 # 2. cuDNN vs dense vs chunked attention in bf16, outputs and gradients (lm_jax/tools/attention_equivalence.py);
 # 3. the GPT-2-small bf16 train step (python -m lm_jax.tools.bench --case gpt2-small), target MFU >= 45%,
-#    then the same with chunked and dense attention, and the 8192-token `long` case.
+#    then the same with chunked and dense attention, and the 8192-token `long` case;
+# 4. the memory plans of experiments/gpt2_small.py and decoder_1b.py compiled for the GPU (python -m lm_jax.tools.plan).
 # Exits non-zero when a step fails; the MFU target is reported as PASS/MISS, not enforced.
 set -uo pipefail
 DRY_RUN=0
@@ -46,9 +47,12 @@ if [[ $DRY_RUN == 1 ]]; then
   echo "  python -m lm_jax.tools.attention_equivalence"
   echo "  python -m lm_jax.tools.bench --case gpt2-small --steps 20   (then --attention chunked, --attention dense)"
   echo "  python -m lm_jax.tools.bench --case long --steps 5           (T=8192, chunked attention)"
+  echo "  python -m lm_jax.tools.plan --config experiments/{gpt2_small,decoder_1b}.py --memory_gb 80 (cudnn attention)"
   echo "Running the CPU-runnable parts tiny:"
   step equivalence_tiny 300 python -m lm_jax.tools.attention_equivalence --tiny
   step bench_tiny 300 python -m lm_jax.tools.bench --case long --seq 128 --steps 2 --warmup 1
+  step plan_tiny 300 python -m lm_jax.tools.plan --config experiments/gpt2_small.py --config.model.num_layers=2 \
+    --config.data.max_len=128 --config.train.batch_size=2 --memory_gb 80
   [[ $status == 0 ]] && mfu_verdict "$LOGS/bench_tiny.log"
   echo "DRY RUN finished, status $status"
   exit $status
@@ -64,5 +68,10 @@ step gpt2_small_cudnn 80 python -m lm_jax.tools.bench --case gpt2-small --steps 
 step gpt2_small_chunked 50 python -m lm_jax.tools.bench --case gpt2-small --steps 10 --attention chunked
 step gpt2_small_dense 50 python -m lm_jax.tools.bench --case gpt2-small --steps 10 --attention dense
 step long_chunked 30 python -m lm_jax.tools.bench --case long --steps 5
+# The sized configs compiled for this GPU (its own fusion and buffers, unlike a CPU plan): memory per device.
+step plan_gpt2_small 90 python -m lm_jax.tools.plan --config experiments/gpt2_small.py --memory_gb 80 \
+  --config.model.attention=cudnn
+step plan_decoder_1b 120 python -m lm_jax.tools.plan --config experiments/decoder_1b.py --memory_gb 80 \
+  --config.model.attention=cudnn
 echo "GPU check finished, status $status"
 exit $status

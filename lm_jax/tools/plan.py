@@ -76,6 +76,7 @@ def plan(config, vocab_size: int, devices=None) -> dict:
   """Per-device bytes and FLOPs of one train step of `config` on `devices` (default: all), compiled, not run."""
   mesh = train.make_mesh(devices, config.mesh)
   train.check_batch_sizes(config, mesh)
+  sharding.check_model(config.model, mesh)
   seq = config.data.max_len
   model = models.get_model(config.model, vocab_size=vocab_size, max_len=seq)
   optimizer = optim.make_optimizer(config.optim, max(config.train.num_steps, 1))
