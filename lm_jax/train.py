@@ -119,6 +119,7 @@ def init_train_state(config, model, optimizer, mesh) -> tuple[steps.TrainState, 
     return jax.jit(fresh_state, out_shardings=shardings)(), shardings
   params = jax.jit(model.init)(init_rng, dummy_inputs)['params']   # the values of the params init_from_reinit renews
   params = checkpoint.load_params(config.init_from, params, reinit=config.init_from_reinit)
+  params = jax.device_put(params, shardings.params)
   return jax.jit(fresh_state, out_shardings=shardings)(params), shardings
 
 

@@ -77,9 +77,9 @@ class BadInputTest(chex.TestCase):
 
   def test_unknown_section(self):
     result = run_main('--config', 'experiments/recall.py', '--workdir', self.create_tempdir().full_path,
-                      '--config.mesh.data=8')
+                      '--config.cluster.hosts=8')
     self.assertNotEqual(result.returncode, 0)
-    self.assertRegex(result.stderr.strip(), r"^lm_jax.main: --config.mesh.data=8: config has no key 'mesh'; "
+    self.assertRegex(result.stderr.strip(), r"^lm_jax.main: --config.cluster.hosts=8: config has no key 'cluster'; "
                      r"valid keys: data, .*, train\.$")
 
   def test_wrong_type(self):
@@ -104,7 +104,7 @@ class BadInputTest(chex.TestCase):
 
   def test_batch_not_divisible_by_devices(self):
     self.assert_user_error(tiny(train__batch_size=9), self.create_tempdir().full_path,
-                           r'config\.train\.batch_size=9 must divide by the device count \(2\)')
+                           r'config\.train\.batch_size=9 must divide by the batch shards \(mesh data × fsdp = 2\)')
 
   def test_missing_config_file(self):
     result = run_main('--config', 'experiments/no_such.py', '--workdir', self.create_tempdir().full_path)

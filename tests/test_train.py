@@ -167,7 +167,8 @@ class TrainLoopTest(chex.TestCase):
       train.prepare_run(config, os.path.join(tmp.full_path, 'run'))
 
   def test_batch_size_must_divide_device_count(self):
-    with self.assertRaisesRegex(ValueError, r'config\.train\.batch_size=15 must divide by the device count \(2\)'):
+    with self.assertRaisesRegex(
+        ValueError, r'config\.train\.batch_size=15 must divide by the batch shards \(mesh data × fsdp = 2\)'):
       train.train_and_evaluate(tiny_recall_config(batch_size=15), self.create_tempdir().full_path)
 
 
