@@ -39,17 +39,22 @@ def tiny_model(name: str, task: str = 'lm', seed: int = 0):
   return module, model_helpers.random_params(module, scale=0.3, seed=seed)
 
 
-def decode_all(module, params, ids_BxT, prompt: int):
-  """Logits `[B, T, V]` of decoding: the first `prompt` tokens in one call, then one token per call (two jitted
-  functions, so the steps share one compile)."""
+def decoder(module):
+  """decode_all(params, ids_BxT, prompt) → logits `[B, T, V]` of decoding: the first `prompt` tokens in one call,
+  then one token per call. Two jitted functions, shared by every call: the steps compile once, the prompt once per
+  prompt shape."""
   prefill = jax.jit(lambda p, x: module.apply({'params': p}, x, decode=True, mutable=['cache']))
   step = jax.jit(lambda p, cache, x: module.apply({'params': p, 'cache': cache}, x, decode=True, mutable=['cache']))
-  logits, variables = prefill(params, ids_BxT[:, :prompt])
-  outputs = [logits]
-  for t in range(prompt, ids_BxT.shape[1]):
-    logits, variables = step(params, variables['cache'], ids_BxT[:, t:t + 1])
-    outputs.append(logits)
-  return jnp.concatenate(outputs, axis=1)
+
+  def decode_all(params, ids_BxT, prompt: int):
+    logits, variables = prefill(params, ids_BxT[:, :prompt])
+    outputs = [logits]
+    for t in range(prompt, ids_BxT.shape[1]):
+      logits, variables = step(params, variables['cache'], ids_BxT[:, t:t + 1])
+      outputs.append(logits)
+    return jnp.concatenate(outputs, axis=1)
+
+  return decode_all
 
 
 class AllModelsTest(chex.TestCase, parameterized.TestCase):
@@ -65,13 +70,15 @@ class AllModelsTest(chex.TestCase, parameterized.TestCase):
   @parameterized.named_parameters(*named(LM_MODELS))
   def test_decoding_with_a_cache_equals_the_full_forward_also_after_left_padding(self, name):
     """Prompt + one token at a time gives the full forward's logits; so does the prompt left-padded (as
-    `generate` batches prompts), at the real positions."""
+    `generate` batches prompts), at the real positions. (Both prompts are 5 tokens, longer than griffin's window
+    of 4: one compile of the prompt.)"""
     module, params = tiny_model(name)
     ids = model_helpers.random_ids(1, (2, LENGTH), vocab=VOCAB)
     full = jax.jit(lambda p, x: module.apply({'params': p}, x))(params, ids)
-    chex.assert_trees_all_close(decode_all(module, params, ids, prompt=5), full, atol=1e-4, rtol=1e-4)
-    padded = jnp.pad(ids, ((0, 0), (3, 0)))
-    chex.assert_trees_all_close(decode_all(module, params, padded, prompt=8)[:, 3:], full, atol=1e-4, rtol=1e-4)
+    decode_all = decoder(module)
+    chex.assert_trees_all_close(decode_all(params, ids, prompt=5), full, atol=1e-4, rtol=1e-4)
+    padded = jnp.pad(ids, ((0, 0), (3, 0)))   # a prompt of 3 pads and 2 tokens
+    chex.assert_trees_all_close(decode_all(params, padded, prompt=5)[:, 3:], full, atol=1e-4, rtol=1e-4)
 
   @parameterized.named_parameters(*named(LM_MODELS))
   def test_packed_documents_are_independent(self, name):

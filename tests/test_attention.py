@@ -76,7 +76,7 @@ class AttentionTest(chex.TestCase):
     q, k, v, bias, mask = random_inputs(3, t=3, s=4)
     # Keep at least one allowed key per row: a fully masked row is constant (no gradient to check).
     mask = mask.at[..., 0].set(True)
-    fn = lambda q, k, v, b: attention.dot_product_attention(q, k, v, bias=b, mask=mask)
+    fn = jax.jit(lambda q, k, v, b: attention.dot_product_attention(q, k, v, bias=b, mask=mask))
     jtu.check_grads(fn, (q, k, v, bias), order=1, modes=('rev',), atol=2e-2, rtol=2e-2, eps=1e-2)
 
   def test_bfloat16_close_to_float32(self):
@@ -104,9 +104,10 @@ class AttentionTest(chex.TestCase):
   def test_causal_mask_by_gradient(self):
     q, k, v, _, _ = random_inputs(6, t=6, s=6)
     mask = attention.causal_mask(6)
+    out_per_t = lambda k, v: attention.dot_product_attention(q, k, v, mask=mask).sum(axis=(0, 2, 3))
+    dk_TxBxSxHxD, dv_TxBxSxHxD = jax.jit(jax.jacrev(out_per_t, (0, 1)))(k, v)
     for t in range(6):
-      out_at_t = lambda k, v: attention.dot_product_attention(q, k, v, mask=mask)[:, t].sum()
-      dk, dv = jax.grad(out_at_t, (0, 1))(k, v)
+      dk, dv = dk_TxBxSxHxD[t], dv_TxBxSxHxD[t]
       np.testing.assert_array_equal(dk[:, t + 1:], 0.0)
       np.testing.assert_array_equal(dv[:, t + 1:], 0.0)
       self.assertTrue(np.all(np.abs(dv[:, :t + 1]).sum(axis=(2, 3)) > 0))
@@ -175,12 +176,20 @@ def grads(fn, q, k, v, bias):
 class ChunkedAttentionTest(chex.TestCase):
   """chunked_dot_product_attention == dot_product_attention (itself checked against float64 NumPy above)."""
 
-  @chex.variants(with_jit=True, without_jit=True)
+  @chex.variants(with_jit=True)
   @parameterized.named_parameters(
       ('bias', 'none', True, 2, 3), ('random_mask_bias', 'random', True, 3, 2),
       ('causal_bias', 'causal', True, 2, 2), ('padding', 'padding', False, 4, 3),
       ('one_block', 'random', True, 512, 512), ('single_rows', 'causal', True, 1, 1))
   def test_outputs_and_gradients_equal_dense(self, mask_kind, use_bias, query_chunk, key_chunk):
+    self.check_equal_dense(mask_kind, use_bias, query_chunk, key_chunk)
+
+  @chex.variants(without_jit=True)   # eager == jit: with and without a bias, chunks that do not divide T
+  @parameterized.named_parameters(('random_mask_bias', 'random', True, 3, 2), ('padding', 'padding', False, 4, 3))
+  def test_outputs_and_gradients_equal_dense_eagerly(self, mask_kind, use_bias, query_chunk, key_chunk):
+    self.check_equal_dense(mask_kind, use_bias, query_chunk, key_chunk)
+
+  def check_equal_dense(self, mask_kind, use_bias, query_chunk, key_chunk):
     t = s = 7
     q, k, v, bias, random_mask = random_inputs(20, t=t, s=s)
     ids = np.array([[5, 7, 9, 4, 0, 0, 0], [3, 4, 6, 1, 2, 8, 0]])
@@ -201,8 +210,9 @@ class ChunkedAttentionTest(chex.TestCase):
     dense, chunked = dense_and_chunked(q, k, v, bias, mask, query_chunk=2, key_chunk=3)
     out = jax.jit(chunked)(q, k, v, bias)
     np.testing.assert_array_equal(out[0, 2], np.zeros((H, D)))
-    chex.assert_trees_all_close(out, dense(q, k, v, bias), atol=1e-5, rtol=1e-5)
-    chex.assert_trees_all_close(grads(chunked, q, k, v, bias), grads(dense, q, k, v, bias), atol=1e-5, rtol=1e-5)
+    chex.assert_trees_all_close(out, jax.jit(dense)(q, k, v, bias), atol=1e-5, rtol=1e-5)
+    grads_of = lambda fn: jax.jit(functools.partial(grads, fn))(q, k, v, bias)
+    chex.assert_trees_all_close(grads_of(chunked), grads_of(dense), atol=1e-5, rtol=1e-5)
     # A -inf bias masks like a False mask entry, also inside the running max.
     neg_inf = jnp.where(mask, 0.0, -jnp.inf)
     chex.assert_trees_all_close(attention.chunked_dot_product_attention(q, k, v, bias=bias + neg_inf, query_chunk=2,
@@ -243,12 +253,13 @@ class ChunkedAttentionTest(chex.TestCase):
   def test_transformer_with_chunked_attention_equals_dense(self):
     import fixtures  # pylint: disable=g-import-not-at-top
     from lm_jax import models  # pylint: disable=g-import-not-at-top
+    import model_helpers  # pylint: disable=g-import-not-at-top
     config = fixtures.model(task='lm', attention_bias='alibi')
     ids = jax.random.randint(jax.random.key(25), (2, 12), 1, 50)
-    logits = {}
+    logits, params = {}, None
     for name in ('dense', 'chunked'):
       config.attention = name
       module = models.get_model(config, vocab_size=50, max_len=12)
-      params = module.init(jax.random.key(0), ids)['params']
+      params = params or model_helpers.random_params(module, scale=0.3)   # the same params: the schedule has none
       logits[name] = jax.jit(module.apply)({'params': params}, ids)
     chex.assert_trees_all_close(logits['chunked'], logits['dense'], atol=1e-5, rtol=1e-5)

@@ -37,7 +37,7 @@ def _random_state(seed):
   params = jax.tree.map(jnp.asarray, _random_params(seed))
   tx = optax.adam(1e-3)
   grads = jax.tree.map(lambda p: p * 0.5 + 1.0, params)
-  _, opt_state = tx.update(grads, tx.init(params), params)
+  _, opt_state = jax.jit(tx.update)(grads, tx.init(params), params)   # one compile, not one per op
   state = {'params': params, 'opt_state': opt_state, 'step': jnp.asarray(seed, jnp.int32), 'rng': jax.random.key(seed)}
   return jax.device_put(state, _replicated())
 

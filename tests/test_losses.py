@@ -39,6 +39,12 @@ def inputs(seed):
   return h, table, bias, targets, weights
 
 
+# The reference, compiled once for every chunk size and variant below (eagerly, each of its ops compiles apart).
+materialized_jit = jax.jit(materialized)
+materialized_grads = jax.jit(jax.grad(lambda h, table, bias, targets, weights: 3.0 * materialized(
+    h, table, bias, targets, weights)[0], argnums=(0, 1, 2)))
+
+
 class FusedHeadCrossEntropyTest(chex.TestCase):
 
   @chex.variants(with_jit=True, without_jit=True)
@@ -47,14 +53,12 @@ class FusedHeadCrossEntropyTest(chex.TestCase):
     h, table, bias, targets, weights = inputs(0)
     fused = functools.partial(losses.fused_head_cross_entropy, chunk)
     got = self.variant(fused)(h, table, bias, targets, weights)
-    chex.assert_trees_all_close(got, materialized(h, table, bias, targets, weights), rtol=1e-5, atol=1e-5)
+    chex.assert_trees_all_close(got, materialized_jit(h, table, bias, targets, weights), rtol=1e-5, atol=1e-5)
     self.assertGreater(float(got[1]), 0.0)
 
-    def scalar(fn):
-      return lambda h, table, bias: 3.0 * fn(h, table, bias, targets, weights)[0]
-
-    expected = jax.grad(scalar(materialized), argnums=(0, 1, 2))(h, table, bias)
-    grads = self.variant(jax.grad(scalar(fused), argnums=(0, 1, 2)))(h, table, bias)
+    expected = materialized_grads(h, table, bias, targets, weights)
+    scalar = lambda h, table, bias: 3.0 * fused(h, table, bias, targets, weights)[0]
+    grads = self.variant(jax.grad(scalar, argnums=(0, 1, 2)))(h, table, bias)
     chex.assert_trees_all_close(grads, expected, rtol=1e-5, atol=1e-5)
     # Rows of weight 0 get no gradient; the others do.
     np.testing.assert_array_equal(np.asarray(grads[0])[np.asarray(weights) == 0], 0.0)
@@ -62,12 +66,12 @@ class FusedHeadCrossEntropyTest(chex.TestCase):
 
   def test_bfloat16_inputs_close_to_float32(self):
     h, table, bias, targets, weights = inputs(1)
-    loss32, _ = losses.fused_head_cross_entropy(4, h, table, bias, targets, weights)
-    loss16, _ = losses.fused_head_cross_entropy(4, h.astype(jnp.bfloat16), table, bias, targets, weights)
+    fused = jax.jit(functools.partial(losses.fused_head_cross_entropy, 4))
+    loss32, _ = fused(h, table, bias, targets, weights)
+    loss16, _ = fused(h.astype(jnp.bfloat16), table, bias, targets, weights)
     self.assertEqual(loss16.dtype, jnp.float32)
     np.testing.assert_allclose(loss16, loss32, rtol=2e-2)
-    dh = jax.grad(lambda h: losses.fused_head_cross_entropy(4, h, table, bias, targets, weights)[0])(
-        h.astype(jnp.bfloat16))
+    dh = jax.jit(jax.grad(lambda h: fused(h, table, bias, targets, weights)[0]))(h.astype(jnp.bfloat16))
     self.assertEqual(dh.dtype, jnp.bfloat16)
 
 
@@ -91,7 +95,8 @@ class TrainLossTest(chex.TestCase):
     module, params = model_helpers.make_model(fixtures.model(name, task, **overrides), vocab=V, max_len=8, scale=0.3)
     batch = lm_batch(0)
     dropout = {'dropout': jax.random.key(3)}
-    self.assertIsInstance(steps.apply_for_loss(module, params, batch, train=True, rngs=dropout), models.HeadInputs)
+    self.assertIsInstance(jax.eval_shape(lambda: steps.apply_for_loss(module, params, batch, train=True, rngs=dropout)),
+                          models.HeadInputs)
 
     def loss(params, outputs_of):
       sums = steps.loss_sums(outputs_of(params), batch)
@@ -99,20 +104,21 @@ class TrainLossTest(chex.TestCase):
 
     logits_of = lambda p: module.apply({'params': p}, batch['inputs'], train=True, rngs=dropout)
     head_inputs_of = lambda p: steps.apply_for_loss(module, p, batch, train=True, rngs=dropout)
-    (expected_loss, expected_sums), expected_grads = jax.value_and_grad(loss, has_aux=True)(params, logits_of)
-    (got_loss, got_sums), got_grads = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1)(
-        params, head_inputs_of)
+    loss_and_grads = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1)
+    (expected_loss, expected_sums), expected_grads = loss_and_grads(params, logits_of)
+    (got_loss, got_sums), got_grads = loss_and_grads(params, head_inputs_of)
     chex.assert_trees_all_close((got_loss, got_sums), (expected_loss, expected_sums), rtol=1e-5, atol=1e-5)
     chex.assert_trees_all_close(got_grads, expected_grads, rtol=1e-5, atol=1e-5)
-    self.assertGreater(float(optax.tree.norm(got_grads)), 0.0)
+    self.assertGreater(float(jax.jit(optax.tree.norm)(got_grads)), 0.0)
 
   def test_classifier_gets_logits(self):
     module, params = model_helpers.make_model(fixtures.model('transformer', 'classification'), vocab=V, max_len=8,
                                               scale=0.3)
     batch = {'inputs': lm_batch(1)['inputs']}
-    self.assertEqual(steps.apply_for_loss(module, params, batch).shape, (2, 2))
+    # Traced, not run: what comes back (and what is refused) is decided by the module's structure.
+    self.assertEqual(jax.eval_shape(lambda: steps.apply_for_loss(module, params, batch)).shape, (2, 2))
     with self.assertRaisesRegex(ValueError, 'head_inputs=True is for the vocabulary heads'):
-      module.apply({'params': params}, batch['inputs'], head_inputs=True)
+      jax.eval_shape(lambda: module.apply({'params': params}, batch['inputs'], head_inputs=True))
 
   def test_train_and_eval_steps_use_the_fused_loss(self):
     module, params = model_helpers.make_model(fixtures.model('transformer', 'lm'), vocab=V, max_len=8, scale=0.3)

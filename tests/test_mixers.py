@@ -230,7 +230,8 @@ class WholeMixerTest(chex.TestCase):
     shapes = jax.eval_shape(lambda x: module.init(jax.random.key(0), x, context), u)['params']
     params = jax.tree.map(lambda s: jnp.asarray(normal(*s.shape) * 0.5, jnp.float32), shapes)
     p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
-    return module.apply({'params': params}, u, context), p, np.asarray(u[0], np.float64)
+    out = jax.jit(lambda params, u: module.apply({'params': params}, u, context))(params, u)
+    return out, p, np.asarray(u[0], np.float64)
 
   def test_mamba_block_matches_the_paper(self):
     """Gu & Dao (2023), Figure 3 and Algorithm 2."""

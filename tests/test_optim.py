@@ -200,7 +200,7 @@ class OptimizerTest(chex.TestCase):
     peer = optax.adafactor(optim.learning_rate_schedule(c, total_steps=20))
     if clip_norm:
       peer = optax.chain(optax.clip_by_global_norm(clip_norm), peer)
-    expected, _ = _apply_updates(peer, grads_per_step, params=params)
+    expected, _ = _apply_updates(peer, grads_per_step, wrap=jax.jit, params=params)
     chex.assert_trees_all_close(got, expected, rtol=1e-5, atol=1e-7)
     self.assertGreater(float(jnp.max(jnp.abs(got['big'] - params['big']))), 1e-4)   # it moved
 

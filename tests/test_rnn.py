@@ -109,12 +109,20 @@ class RNNTest(chex.TestCase):
     logits = jax.jit(lambda x: module.apply({'params': params}, x))(inputs)
     np.testing.assert_allclose(logits, elman_classifier_reference(params, inputs, num_layers=2), atol=1e-5)
 
-  @chex.variants(with_jit=True, without_jit=True)
+  @chex.variants(with_jit=True)
   @parameterized.product(name=('rnn', 'lstm', 'gru'), reverse=(False, True))
   def test_fast_recurrence_matches_reference(self, name, reverse):
     """`rnn_fast.recurrence` (hand-split backward, 4 time chunks of 2, 2, 2, 3 steps, batch slices of 1 and 2
     rows) against the plain scan `rnn.recurrence`, from a random state: outputs, final state, and the gradients of
     every weight, the initial state and the inputs."""
+    self.check_fast_recurrence(name, reverse)
+
+  @chex.variants(without_jit=True)   # the same, eagerly: each cell, one direction (the other: jitted, above)
+  @parameterized.named_parameters(('rnn', 'rnn'), ('lstm', 'lstm'), ('gru', 'gru'))
+  def test_fast_recurrence_matches_reference_eagerly(self, name):
+    self.check_fast_recurrence(name, reverse=False)
+
+  def check_fast_recurrence(self, name, reverse):
     cell, (t, b, i, h) = rnn.CELLS[name], (9, 3, 5, 4)
     keys = jax.random.split(jax.random.key(10), 7)
     weights = rnn.Weights(W=jax.random.normal(keys[0], (i, cell.gates * h)) * 0.5,
@@ -140,11 +148,24 @@ class RNNTest(chex.TestCase):
     for grad in jax.tree.leaves(grads):  # no gradient is vacuously zero
       self.assertGreater(float(jnp.abs(grad).max()), 1e-3)
 
-  @chex.variants(with_jit=True)  # eager == jit: test_fast_recurrence_matches_reference, at a fraction of the time
-  @parameterized.named_parameters(*EVERY_MODEL)
+  # eager == jit: test_fast_recurrence_matches_reference_eagerly, at a fraction of the time. Each cell and each task
+  # once here; the other three pairings (the same model code around another cell) are slow.
+  @chex.variants(with_jit=True)
+  @parameterized.named_parameters(('rnn_classification', 'rnn', 'classification'), ('lstm_lm', 'lstm', 'lm'),
+                                  ('gru_lm', 'gru', 'lm'))
   def test_fast_rnn_matches_reference_model(self, name, task):
     """model.fast_rnn True vs False, same params: logits and the gradients w.r.t. every parameter and the embedded
     inputs (a packed LM row with padding: resets and held states; a 2-layer bidirectional classifier)."""
+    self.check_fast_rnn_model(name, task)
+
+  @chex.variants(with_jit=True)
+  @parameterized.named_parameters(('lstm_classification', 'lstm', 'classification'),
+                                  ('gru_classification', 'gru', 'classification'), ('rnn_lm', 'rnn', 'lm'))
+  @pytest.mark.slow
+  def test_fast_rnn_matches_reference_model_other_pairings(self, name, task):
+    self.check_fast_rnn_model(name, task)
+
+  def check_fast_rnn_model(self, name, task):
     module, params = build(name=name, task=task, num_layers=2)
     reference = models.get_model(model_config(name=name, task=task, num_layers=2, fast_rnn=False),
                                  vocab_size=VOCAB, max_len=MAX_LEN)
@@ -184,8 +205,8 @@ class RNNTest(chex.TestCase):
     shapes = jax.eval_shape(init, x_BxTxI)['params']
     rng = np.random.default_rng(9)
     params = jax.tree.map(lambda s: jnp.asarray(rng.normal(0.0, 0.4, s.shape), jnp.float32), shapes)
-    ours = recurrence.apply({'params': params}, x_BxTxI, real_BxT, starts_BxT, False)
-    theirs = nn.RNN(flax_cell(HIDDEN)).apply({'params': {'cell': flax_cell_params(name, params)}}, x_BxTxI)
+    ours = jax.jit(lambda p, x: recurrence.apply({'params': p}, x, real_BxT, starts_BxT, False))(params, x_BxTxI)
+    theirs = jax.jit(nn.RNN(flax_cell(HIDDEN)).apply)({'params': {'cell': flax_cell_params(name, params)}}, x_BxTxI)
     chex.assert_trees_all_close(ours, theirs, atol=1e-5, rtol=1e-5)
 
   @parameterized.named_parameters(
@@ -205,8 +226,16 @@ class RNNTest(chex.TestCase):
     self.assertGreater(float(jnp.abs(apply(inputs.at[:, 0].set(inputs[:, 0] % (VOCAB - 1) + 1)) - logits).max()),
                        1e-4)
 
-  @parameterized.named_parameters(('rnn', 'rnn'), ('lstm', 'lstm'), ('gru', 'gru'))
-  def test_lm_is_causal_and_resets_at_document_starts(self, name):
+  def test_lm_is_causal_and_resets_at_document_starts(self):
+    self.check_causal_and_resets('lstm')
+
+  # The same wiring around the two other cells; fast: test_all_models.py's causality and packed documents for each.
+  @parameterized.named_parameters(('rnn', 'rnn'), ('gru', 'gru'))
+  @pytest.mark.slow
+  def test_lm_is_causal_and_resets_at_document_starts_other_cells(self, name):
+    self.check_causal_and_resets(name)
+
+  def check_causal_and_resets(self, name):
     module, params = build(name=name, task='lm', num_layers=2)
     segment_ids = jnp.array([[1, 1, 1, 2, 2, 2, 2, 0]] * 2, jnp.int32)
     positions = jnp.array([[0, 1, 2, 0, 1, 2, 3, 0]] * 2, jnp.int32)
