@@ -34,6 +34,25 @@ class BenchTest(chex.TestCase):
     self.assertEqual(classification['label'].shape, (3,))
     self.assertTrue(set(np.unique(classification['label'])) <= {0, 1})
 
+  def test_mlm_batch_is_bert_masked_within_the_cap(self):
+    batch = bench.random_batch('mlm', 50, 8, 64, mlm_predictions=10)
+    masked = batch['weights'] > 0
+    self.assertTrue(np.all(masked.sum(axis=1) <= 10))
+    self.assertGreater(masked.sum(), 8 * 3)  # 15% of 64 is ~10 per row: most rows reach the cap
+    changed = batch['inputs'] != batch['targets']
+    self.assertTrue(np.all(masked[changed]))   # only chosen positions differ from the original ids
+    self.assertTrue(np.any(batch['inputs'][masked] == 1))  # most chosen positions became [MASK] (id 1)
+
+  def test_mlm_case_counts_the_same_useful_flops_with_and_without_the_gather(self):
+    gathered = bench.Bench('mlm', batch=2, seq=16)
+    every_position = bench.Bench('mlm', batch=2, seq=16, mlm_predictions=0)
+    self.assertEqual(gathered.mlm_predictions, bench.packing.max_predictions(16, 0.15, -1))  # as training sets it
+    self.assertLess(gathered.mlm_predictions, 16)
+    self.assertEqual(every_position.mlm_predictions, 0)
+    self.assertEqual(gathered.flops_per_step, every_position.flops_per_step)
+    for b in (gathered, every_position):
+      self.assertTrue(np.isfinite(b._one_step()))  # pylint: disable=protected-access
+
   def test_cases_state_only_config_keys(self):
     for name, case in bench.CASES.items():
       config = bench.case_config(case)  # an unknown key or a wrong type raises here

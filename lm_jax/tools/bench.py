@@ -14,7 +14,9 @@ dropout and loss of `torch_{case}_bench.py` in the reference directory. With `--
 `--rounds` rounds (the torch script in a subprocess) and a last line gives the ratio torch / lm_jax step time
 (> 1: lm_jax is faster). Known differences, each small: lm_jax decays only matrices (torch.optim.AdamW every
 parameter), has no token-type embeddings or pooler and no dropout on attention weights, and uses exact GELU.
-`gpt2-small` (bf16, cuDNN attention) is for accelerators; `long` (a small decoder, batch 1 × 8192, chunked
+`mlm` is a small BERT masked LM (no reference): its vocabulary head runs on the masked positions only, or with
+`--mlm_predictions 0` at every position, as before the gather. `gpt2-small` (bf16, cuDNN attention) is for
+accelerators; `long` (a small decoder, batch 1 × 8192, chunked
 attention) is what `python -m lm_jax.tools.long_context` runs for its dense vs chunked memory table.
 """
 
@@ -22,6 +24,7 @@ import dataclasses
 import functools
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -44,6 +47,7 @@ from lm_jax import optim
 from lm_jax import row_gradients
 from lm_jax import steps
 from lm_jax import train
+from lm_jax.data import packing
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +73,10 @@ CASES = {
     'lstm': Case({'model.name': 'lstm', 'model.task': 'classification', 'model.num_classes': 2, 'model.num_layers': 1,
                   'model.d_model': 256, 'model.dropout': 0.0, 'model.bidirectional': False, 'model.positions': 'none'},
                  30522, 16, 128, 'torch_lstm_bench.py'),
+    # A small BERT masked LM (2 layers, d_model 128, 64-token rows, 15% masked): the 30522-way head is most of the
+    # step unless it runs only on the masked positions (--mlm_predictions).
+    'mlm': Case({'model.name': 'transformer', 'model.task': 'mlm', 'model.num_layers': 2, 'model.d_model': 128,
+                 'model.num_heads': 2, 'model.mlp_dim': 512, 'model.dropout': 0.1}, 30522, 64, 64),
     # A small decoder for long sequences (dense vs chunked attention): a 512-token vocabulary keeps the head small.
     'long': Case({'model.name': 'transformer', 'model.task': 'lm', 'model.num_layers': 2, 'model.d_model': 256,
                   'model.num_heads': 4, 'model.mlp_dim': 1024, 'model.dropout': 0.0, 'model.attention': 'chunked'},
@@ -81,7 +89,7 @@ CASES = {
 }
 
 _CASE = flags.DEFINE_enum('case', None, list(CASES), 'Benchmark case.')
-_SUITE = flags.DEFINE_bool('suite', False, 'Every case: bert, gpt, lstm on a CPU, all of them on an accelerator.')
+_SUITE = flags.DEFINE_bool('suite', False, 'Every case: bert, gpt, lstm, mlm on a CPU, all of them on an accelerator.')
 _BATCH = flags.DEFINE_integer('batch', None, 'Global batch size; default: the case\'s.')
 _SEQ = flags.DEFINE_integer('seq', None, 'Sequence length; default: the case\'s.')
 _STEPS = flags.DEFINE_integer('steps', 15, 'Timed train steps.')
@@ -94,29 +102,53 @@ _REFERENCE_DIR = flags.DEFINE_string('reference_dir', os.path.join(os.path.dirna
                                      'Directory of torch_{bert,gpt,lstm}_bench.py.')
 _REFERENCE_PYTHON = flags.DEFINE_string('reference_python', sys.executable, 'Python with torch and transformers.')
 _ROUNDS = flags.DEFINE_integer('rounds', 3, 'lm_jax/torch alternations with --reference.')
+_MLM_PREDICTIONS = flags.DEFINE_integer(
+    'mlm_predictions', -1, 'Case mlm: data.max_predictions_per_seq (-1: automatic, as training sets it; 0: the '
+    'vocabulary head at every position, as before the masked positions were gathered).')
 
 
-def case_config(case: Case, *, dtype=None, attention=None):
-  """The default config (lm_jax/defaults.py) with the case's model and the reference's optimizer: AdamW, constant lr, no clipping."""
-  overrides = {**case.overrides, 'optim.learning_rate': 2e-5, 'optim.weight_decay': 0.01, 'optim.warmup_steps': 0,
-               'optim.schedule': 'constant', 'optim.clip_norm': 0.0}
+def case_config(case: Case, *, dtype=None, attention=None, overrides=None):
+  """The default config (lm_jax/defaults.py) with the case's model and the reference's optimizer: AdamW, constant
+  lr, no clipping; then `overrides` (dotted keys, e.g. {'model.name': 'mamba'})."""
+  merged = {**case.overrides, 'optim.learning_rate': 2e-5, 'optim.weight_decay': 0.01, 'optim.warmup_steps': 0,
+            'optim.schedule': 'constant', 'optim.clip_norm': 0.0}
   if dtype is not None:
-    overrides['model.dtype'] = dtype
+    merged['model.dtype'] = dtype
   if attention is not None:
-    overrides['model.attention'] = attention
-  return configs.override(defaults.get_config(), overrides)
+    merged['model.attention'] = attention
+  return configs.override(defaults.get_config(), {**merged, **(overrides or {})})
 
 
-def random_batch(task: str, vocab_size: int, batch: int, seq: int, seed: int = 0) -> dict[str, np.ndarray]:
-  """Random non-pad ids (pad id 0 would be masked out); an LM predicts the next token at positions 0..T-2."""
+def random_batch(task: str, vocab_size: int, batch: int, seq: int, seed: int = 0, *, mlm_probability: float = 0.15,
+                 mlm_predictions: int = 0) -> dict[str, np.ndarray]:
+  """Random non-pad ids (pad id 0 would be masked out); an LM predicts the next token at positions 0..T-2; a masked
+  LM's rows are BERT-masked as the data masks them (id 1 plays [MASK]), at most `mlm_predictions` per row if > 0."""
   rng = np.random.default_rng(seed)
-  ids = rng.integers(1, vocab_size, (batch, seq), dtype=np.int32)
+  ids = rng.integers(2, vocab_size, (batch, seq), dtype=np.int32)
+  if task == 'mlm':
+    maskable = np.arange(vocab_size) >= 2
+    return packing.bert_mask({'inputs': ids, 'targets': ids}, rng, probability=mlm_probability, mask_id=1,
+                             maskable=maskable, random_ids=np.arange(2, vocab_size), global_batch=batch,
+                             rows=slice(None), max_predictions=mlm_predictions)
   if task == 'classification':
     return {'inputs': ids, 'label': rng.integers(0, 2, (batch,), dtype=np.int32),
             'weights': np.ones((batch,), np.float32)}
   weights = np.ones((batch, seq), np.float32)
   weights[:, -1] = 0.0
   return {'inputs': ids, 'targets': np.roll(ids, -1, axis=1), 'weights': weights}
+
+
+@functools.cache
+def cpu_name() -> str:
+  """The host CPU's model name (a speed-up measured on one CPU vendor may not hold on another)."""
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith('model name'):
+          return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
 
 
 @functools.cache
@@ -147,11 +179,15 @@ def peak_flops(dtype: str) -> tuple[float | None, str]:
 class Bench:
   """The compiled train step of a case, its state and batch; `run` times steps."""
 
-  def __init__(self, name: str, *, batch=None, seq=None, dtype=None, attention=None):
+  def __init__(self, name: str, *, batch=None, seq=None, dtype=None, attention=None, overrides=None,
+               mlm_predictions: int = -1):
     case = CASES[name]
     self.name, self.batch, self.seq = name, batch or case.batch, seq or case.seq
-    self.config = case_config(case, dtype=dtype, attention=attention)
+    self.config = case_config(case, dtype=dtype, attention=attention,
+                              overrides={'data.max_len': self.seq, 'data.max_predictions_per_seq': mlm_predictions,
+                                         **(overrides or {})})
     mc = self.config.model
+    self.mlm_predictions = train.mlm_predictions(self.config)
     model = models.get_model(mc, vocab_size=case.vocab_size, max_len=self.seq)
     mesh = train.make_mesh()
     optimizer = optim.make_optimizer(self.config.optim, total_steps=1)
@@ -160,17 +196,27 @@ class Bench:
     state = steps.TrainState(step=jnp.array(0, jnp.int32), params=params, opt_state=optimizer.init(params),
                              rng=jax.random.key(1))
     self.state = jax.device_put(state, NamedSharding(mesh, P()))
-    self.batch_arrays = train.to_global(random_batch(mc.task, case.vocab_size, self.batch, self.seq), mesh)
+    self.batch_arrays = train.to_global(random_batch(
+        mc.task, case.vocab_size, self.batch, self.seq, mlm_probability=self.config.data.mlm_probability,
+        mlm_predictions=self.mlm_predictions), mesh)
     start = time.perf_counter()
     # Timed as the train loop runs it between log lines: without the norm metrics (`with_norms` False).
     rows, _ = row_gradients.for_training(model, params, self.config.optim, 1, self.batch * self.seq)
-    self.step = steps.make_train_step(model, optimizer, mesh, grad_accum_steps=1, rows=rows).lower(
+    self.step = steps.make_train_step(model, optimizer, mesh, grad_accum_steps=1, rows=rows,
+                                      mlm_predictions=self.mlm_predictions).lower(
         self.state, self.batch_arrays, False).compile()
     self.compile_s = time.perf_counter() - start
     memory = self.step.memory_analysis()
+    # XLA's scratch buffers (what the backward keeps, workspaces) and the step's inputs (state and batch).
     self.temp_bytes = None if memory is None else memory.temp_size_in_bytes
+    self.argument_bytes = None if memory is None else memory.argument_size_in_bytes
     self.flops_per_step = self.batch * self.seq * models.train_flops_per_token(
         mc, vocab_size=case.vocab_size, seq_len=self.seq)
+    if mc.task == 'mlm':
+      # Useful work is the vocabulary head on the masked positions only (at most the automatic cap per row), with
+      # or without --mlm_predictions: the same FLOPs for both, so their MFUs compare as their speeds do.
+      masked = train.mlm_predictions(case_config(case, overrides={'data.max_len': self.seq}))
+      self.flops_per_step -= self.batch * (self.seq - masked) * 6 * mc.d_model * case.vocab_size
 
   def _one_step(self) -> float:
     start = time.perf_counter()
@@ -187,11 +233,13 @@ class Bench:
     median = statistics.median(times)
     achieved = self.flops_per_step / median
     return {
-        'case': self.name, 'framework': 'lm_jax', 'backend': jax.default_backend(),
-        'device_kind': jax.devices()[0].device_kind, 'devices': jax.device_count(), 'batch': self.batch,
+        'case': self.name, 'model': self.config.model.name, 'framework': 'lm_jax', 'backend': jax.default_backend(),
+        'device_kind': jax.devices()[0].device_kind, 'cpu': cpu_name(), 'cpu_cores': os.cpu_count(),
+        'devices': jax.device_count(), 'batch': self.batch,
         'seq': self.seq, 'dtype': self.config.model.dtype, 'attention': self.config.model.attention,
-        'params': self.num_params, 'steps': len(times), 'compile_s': self.compile_s,
-        'compiled_temp_bytes': self.temp_bytes, 'median_s': median,
+        'params': self.num_params, **({'mlm_predictions': self.mlm_predictions} if self.mlm_predictions else {}),
+        'steps': len(times), 'compile_s': self.compile_s,
+        'compiled_temp_bytes': self.temp_bytes, 'compiled_argument_bytes': self.argument_bytes, 'median_s': median,
         'min_s': min(times), 'max_s': max(times), 'tokens_per_s': self.batch * self.seq / median,
         'flops_per_step': self.flops_per_step, 'achieved_flops_per_s': achieved, 'peak_flops_per_s': peak,
         'peak': peak_source, 'mfu': None if peak is None else achieved / peak,
@@ -246,7 +294,8 @@ def main(argv):
     raise app.UsageError('Give exactly one of --case NAME and --suite.')
   names = suite_cases() if _SUITE.value else [_CASE.value]
   for name in names:
-    bench = Bench(name, batch=_BATCH.value, seq=_SEQ.value, dtype=_DTYPE.value, attention=_ATTENTION.value)
+    bench = Bench(name, batch=_BATCH.value, seq=_SEQ.value, dtype=_DTYPE.value, attention=_ATTENTION.value,
+                  mlm_predictions=_MLM_PREDICTIONS.value)
     peak, peak_source = peak_flops(bench.config.model.dtype)  # a CPU's is measured once, after the first compile
     if _REFERENCE.value:
       print(json.dumps(compare(name, bench, peak, peak_source, _STEPS.value, _WARMUP.value, _ROUNDS.value)),
