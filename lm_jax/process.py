@@ -1,4 +1,5 @@
-"""Process setup shared by every command: argument check, logging levels, and how host memory is kept.
+"""Process setup shared by every command: argument check, logging levels, how host memory is kept, and how
+SIGTERM and SIGINT become a request to stop.
 
 Host memory: XLA:CPU allocates each execution's temporary buffer with malloc. glibc serves blocks that large with a
 fresh mmap and returns them with munmap on free, so without the settings below every train step first-touches tens
@@ -10,6 +11,8 @@ next step. (One arena matters: another thread's arena holds at most 64 MiB and f
 import ctypes
 import ctypes.util
 import logging
+import signal
+import threading
 
 from absl import app
 from absl import logging as absl_logging
@@ -84,3 +87,28 @@ def release_freed_memory() -> bool:
   """
   malloc_trim = _glibc_function('malloc_trim')
   return malloc_trim is not None and malloc_trim(0) in (0, 1)
+
+
+class StopSignals:
+  """Turns SIGTERM and SIGINT into a request to stop after the current step (main thread only)."""
+
+  def __init__(self):
+    self.received: str | None = None
+    self._previous = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.received:  # a second signal: stop now, as without a handler
+      raise KeyboardInterrupt
+    self.received = signal.Signals(signum).name
+    log.warning('%s received: finishing the current step, then saving a checkpoint.', self.received)
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)

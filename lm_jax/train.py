@@ -1,6 +1,6 @@
 """The training loop, top to bottom: config → data → model → train_step → metrics and checkpoints.
 
-The step functions themselves (data parallelism with pmap's semantics, losses, metrics) are in `steps.py`.
+The step functions themselves (data parallel or GSPMD over the mesh, losses, metrics) are in `steps.py`.
 
 A run survives interruption: SIGTERM or Ctrl-C finishes the current step, saves a checkpoint and raises `Preempted`;
 SIGKILL loses at most the steps since the last checkpoint. Each checkpoint also holds the data iterator's position,
@@ -12,8 +12,6 @@ import json
 import logging
 import math
 import os
-import signal
-import threading
 import time
 from typing import Any
 
@@ -212,31 +210,6 @@ def due(step: int, every: int, total: int) -> bool:
   return step % every == 0 or step == total
 
 
-class StopSignals:
-  """Turns SIGTERM and SIGINT into a request to stop after the current step (main thread only)."""
-
-  def __init__(self):
-    self.received: str | None = None
-    self._previous = {}
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      for sig in (signal.SIGTERM, signal.SIGINT):
-        self._previous[sig] = signal.signal(sig, self._handle)
-    return self
-
-  def _handle(self, signum, frame):
-    del frame
-    if self.received:  # a second signal: stop now, as without a handler
-      raise KeyboardInterrupt
-    self.received = signal.Signals(signum).name
-    log.warning('%s received: finishing the current step, then saving a checkpoint.', self.received)
-
-  def __exit__(self, *exc):
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, devices=None):
   """Trains (or resumes) the run in `workdir`, then writes validation and test metrics to results.json.
 
@@ -265,7 +238,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, devic
   writer = (metrics_lib.MetricsWriter(workdir, keep_lines=loop_state['metrics_lines'], resume_step=step)
             if jax.process_index() == 0 else None)
   try:
-    with StopSignals() as signals:
+    with process.StopSignals() as signals:
       state, final_validation = train_loop(run, train_iter, writer, loop_state['log_window'], signals)
     results = {'step': int(state.step)}
     for split in run.data.eval_splits:
@@ -325,7 +298,7 @@ def summarize_window(window: list[dict]) -> dict[str, float]:
   return summary
 
 
-def train_loop(run: Run, train_iter, writer, log_window: list[dict], signals: StopSignals):
+def train_loop(run: Run, train_iter, writer, log_window: list[dict], signals: process.StopSignals):
   """Steps from run.state.step to run.total_steps: logs, evaluates and checkpoints on the config's schedule.
 
   `log_window` holds the step metrics since the last log line (restored from the checkpoint on resume).
