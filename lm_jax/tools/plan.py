@@ -91,7 +91,8 @@ def plan(config, vocab_size: int, devices=None) -> dict:
   shardings = sharding.state_shardings(shapes, mesh)
   state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
   batch = abstract_batch(config.model.task, config.train.batch_size, seq, mesh)
-  step = steps.make_train_step(model, optimizer, mesh, config.optim.grad_accum_steps, state_shardings=shardings)
+  step = steps.make_train_step(model, optimizer, mesh, config.optim.grad_accum_steps, state_shardings=shardings,
+                               mlm_predictions=train.mlm_predictions(config))   # the step training compiles
   start = time.perf_counter()
   compiled = step.lower(state, batch, True).compile()
   compile_s = time.perf_counter() - start
