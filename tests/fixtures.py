@@ -12,6 +12,7 @@
 run `recall()` describes: a test can train through the CLI and restore in process.
 """
 
+import jax
 import ml_collections
 
 from lm_jax import configs
@@ -64,3 +65,15 @@ def recall(overrides=None) -> ml_collections.ConfigDict:
 def flags(overrides: dict) -> list:
   """`overrides` as lm_jax.main's `--config.key=value` arguments."""
   return [f'--config.{key}={value}' for key, value in overrides.items()]
+
+
+def without_key_bias(params) -> dict:
+  """A tree (params, optimizer state) by path, minus any attention key bias: for comparing runs that differ only in
+  summation order.
+
+  A key bias has an exactly zero gradient in exact arithmetic (softmax ignores a constant added to all of a query's
+  scores), so Adam turns rounding noise there into full-size steps; every other parameter agrees.
+  """
+  flat = {jax.tree_util.keystr(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(
+      jax.device_get(params))[0]}
+  return {name: leaf for name, leaf in flat.items() if not ("'key'" in name and "'bias'" in name)}

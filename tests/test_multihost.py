@@ -98,7 +98,9 @@ class MultiHostTest(chex.TestCase):
     self.assertNotIn('step 5/20', outputs[1][1], 'only process 0 logs')
     single(one, 20)
     self.assert_same_run(multi, one)   # loss curve and eval metrics over the whole split exactly once
-    chex.assert_trees_all_close(params(multi, 20), params(one, 20), rtol=1e-5, atol=1e-6)
+    # Not the key bias: its gradient is zero but for rounding, which differs with the collectives (gloo vs in-process).
+    chex.assert_trees_all_close(fixtures.without_key_bias(params(multi, 20)),
+                                fixtures.without_key_bias(params(one, 20)), rtol=1e-5, atol=1e-6)
 
     # A multi-process checkpoint resumes in one process, and a single-process one in two.
     single(multi, 40)
@@ -107,7 +109,8 @@ class MultiHostTest(chex.TestCase):
     single(straight, 40)
     self.assert_same_run(multi, straight)
     self.assert_same_run(one, straight)
-    chex.assert_trees_all_close(params(multi, 40), params(straight, 40), rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(fixtures.without_key_bias(params(multi, 40)),
+                                fixtures.without_key_bias(params(straight, 40)), rtol=1e-5, atol=1e-6)
 
   def test_resume_after_killing_every_process_and_a_dead_peer_stops_the_other(self):
     tmp = self.create_tempdir().full_path

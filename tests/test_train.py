@@ -20,20 +20,6 @@ def tiny_recall_config(**train_overrides):
   return fixtures.recall({f'train.{key}': value for key, value in train_overrides.items()})
 
 
-def without_key_bias(params):
-  """Params by path, minus the attention key bias.
-
-  The key bias has an exactly zero gradient in exact arithmetic (softmax ignores a constant added to all of a
-  query's scores), so Adam turns rounding noise there into full-size steps: runs that differ only in summation
-  order agree everywhere else.
-  """
-  flat = {jax.tree_util.keystr(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(
-      jax.device_get(params))[0]}
-  key_biases = [name for name in flat if "'key'" in name and "'bias'" in name]
-  assert len(key_biases) == 1, key_biases
-  return {name: leaf for name, leaf in flat.items() if name not in key_biases}
-
-
 def read_jsonl(path):
   with open(path) as f:
     return [json.loads(line) for line in f]
@@ -101,7 +87,8 @@ class TrainLoopTest(chex.TestCase):
     state_two, _ = train.train_and_evaluate(tiny_recall_config(), two)
     loss = lambda w: [l['loss'] for l in read_jsonl(os.path.join(w, 'metrics.jsonl')) if l['split'] == 'train']
     np.testing.assert_allclose(loss(one), loss(two), rtol=1e-5)
-    chex.assert_trees_all_close(without_key_bias(state_one.params), without_key_bias(state_two.params), atol=1e-5)
+    chex.assert_trees_all_close(fixtures.without_key_bias(state_one.params),
+                                fixtures.without_key_bias(state_two.params), atol=1e-5)
 
   @pytest.mark.slow   # two runs
   def test_gradient_accumulation_equals_one_big_batch(self):
@@ -112,8 +99,8 @@ class TrainLoopTest(chex.TestCase):
     state_accumulated, _ = train.train_and_evaluate(config, accumulated)
     loss = lambda w: [l['loss'] for l in read_jsonl(os.path.join(w, 'metrics.jsonl')) if l['split'] == 'train']
     np.testing.assert_allclose(loss(whole), loss(accumulated), rtol=1e-5)
-    chex.assert_trees_all_close(without_key_bias(state_whole.params), without_key_bias(state_accumulated.params),
-                                atol=1e-5)
+    chex.assert_trees_all_close(fixtures.without_key_bias(state_whole.params),
+                                fixtures.without_key_bias(state_accumulated.params), atol=1e-5)
 
   @pytest.mark.slow   # a run to its eighth step
   def test_nan_loss_halts_and_keeps_last_good_checkpoint(self):
