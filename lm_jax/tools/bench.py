@@ -16,8 +16,9 @@ dropout and loss of `torch_{case}_bench.py` in the reference directory. With `--
 parameter), has no token-type embeddings or pooler and no dropout on attention weights, and uses exact GELU.
 `mlm` is a small BERT masked LM (no reference): its vocabulary head runs on the masked positions only, or with
 `--mlm_predictions 0` at every position, as before the gather. `gpt2-small` (bf16, cuDNN attention) is for
-accelerators; `long` (a small decoder, batch 1 × 8192, chunked
-attention) is what `python -m lm_jax.tools.long_context` runs for its dense vs chunked memory table.
+accelerators; `long` (a small decoder, batch 1 × 8192, chunked attention) is what `python -m
+lm_jax.tools.long_context` runs for its dense vs chunked memory table. `--suite --reference` times the cases
+without a reference script alone.
 """
 
 import dataclasses
@@ -297,7 +298,7 @@ def main(argv):
     bench = Bench(name, batch=_BATCH.value, seq=_SEQ.value, dtype=_DTYPE.value, attention=_ATTENTION.value,
                   mlm_predictions=_MLM_PREDICTIONS.value)
     peak, peak_source = peak_flops(bench.config.model.dtype)  # a CPU's is measured once, after the first compile
-    if _REFERENCE.value:
+    if _REFERENCE.value and (CASES[name].reference or not _SUITE.value):   # the suite times the others alone
       print(json.dumps(compare(name, bench, peak, peak_source, _STEPS.value, _WARMUP.value, _ROUNDS.value)),
             flush=True)
     else:
