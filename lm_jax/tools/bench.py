@@ -216,7 +216,7 @@ class Bench:
     if mc.task == 'mlm':
       # Useful work is the vocabulary head on the masked positions only (at most the automatic cap per row), with
       # or without --mlm_predictions: the same FLOPs for both, so their MFUs compare as their speeds do.
-      masked = train.mlm_predictions(case_config(case, overrides={'data.max_len': self.seq}))
+      masked = packing.max_predictions(self.seq, self.config.data.mlm_probability, -1)
       self.flops_per_step -= self.batch * (self.seq - masked) * 6 * mc.d_model * case.vocab_size
 
   def _one_step(self) -> float:
